@@ -1,0 +1,156 @@
+"""Where the local cluster keeps things and which addresses it uses.
+
+Everything the cluster creates on the host lives under one state directory;
+what is expensive to rebuild (the upstream binaries, image archives) lives in a
+cache directory keyed by version. Both can be moved with environment variables:
+PYNODE_STATE and PYNODE_CACHE.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+UPSTREAM_DIR = REPO / "localcluster" / "upstream"
+
+
+def kubernetes_version() -> str:
+    """The pinned Kubernetes version, read from the build recipe's go.mod."""
+    text = (UPSTREAM_DIR / "go.mod").read_text()
+    match = re.search(r"^require k8s\.io/kubernetes (v\d+\.\d+\.\d+)", text, re.M)
+    if not match:
+        raise RuntimeError(f"no 'require k8s.io/kubernetes vX.Y.Z' line in {UPSTREAM_DIR / 'go.mod'}")
+    return match.group(1)
+
+
+@dataclass(frozen=True)
+class Node:
+    """One local node: a network namespace with its own containerd and agents."""
+
+    index: int
+    cluster: "Cluster"
+
+    @property
+    def name(self) -> str:
+        return f"pynode-n{self.index}"
+
+    @property
+    def netns(self) -> str:
+        return self.name
+
+    @property
+    def host_veth(self) -> str:
+        return f"pyn{self.index}-host"
+
+    @property
+    def ip(self) -> str:
+        return str(self.cluster.node_network.network_address + 10 + self.index)
+
+    @property
+    def pod_cidr(self) -> str:
+        return str(list(self.cluster.pod_cidr.subnets(new_prefix=24))[self.index])
+
+    @property
+    def pod_gateway(self) -> str:
+        return str(ipaddress.ip_network(self.pod_cidr).network_address + 1)
+
+    @property
+    def dir(self) -> Path:
+        return self.cluster.state / "nodes" / self.name
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.dir / "containerd" / "containerd.sock"
+
+    @property
+    def cgroup(self) -> str:
+        """The cgroup (relative to each hierarchy's root) holding all of the node's processes."""
+        return f"pynode/{self.name}"
+
+
+@dataclass(frozen=True)
+class Cluster:
+    state: Path
+    cache: Path
+    version: str
+    node_count: int = 1
+    bridge: str = "pynode0"
+    node_network: ipaddress.IPv4Network = ipaddress.ip_network("10.221.0.0/24")
+    pod_cidr: ipaddress.IPv4Network = ipaddress.ip_network("10.222.0.0/16")
+    service_cidr: ipaddress.IPv4Network = ipaddress.ip_network("10.223.0.0/16")
+    cluster_domain: str = "cluster.local"
+    apiserver_port: int = 6443
+    etcd_client_port: int = 2379
+    etcd_peer_port: int = 2380
+    controller_manager_port: int = 10257
+    scheduler_port: int = 10259
+
+    @property
+    def host_ip(self) -> str:
+        """The host end of the node network: the control plane listens here."""
+        return str(self.node_network.network_address + 1)
+
+    @property
+    def server(self) -> str:
+        return f"https://{self.host_ip}:{self.apiserver_port}"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        return str(self.service_cidr.network_address + 1)
+
+    @property
+    def dns_service_ip(self) -> str:
+        return str(self.service_cidr.network_address + 10)
+
+    @cached_property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(Node(i, self) for i in range(1, self.node_count + 1))
+
+    @property
+    def pki(self) -> Path:
+        return self.state / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.state / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.state / "run"
+
+    @property
+    def bin(self) -> Path:
+        return self.cache / "upstream" / self.version / "bin"
+
+    @property
+    def images(self) -> Path:
+        return self.cache / "images"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.state / "admin.conf"
+
+    @property
+    def super_admin_kubeconfig(self) -> Path:
+        return self.state / "super-admin.conf"
+
+    @property
+    def bootstrap_kubeconfig(self) -> Path:
+        return self.state / "bootstrap-kubelet.conf"
+
+    def kubeconfig(self, name: str) -> Path:
+        return self.state / f"{name}.conf"
+
+
+def load() -> Cluster:
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Cluster(
+        state=Path(os.environ.get("PYNODE_STATE", "/var/lib/pynode-local")),
+        cache=Path(os.environ.get("PYNODE_CACHE", cache_home / "pynode")),
+        version=kubernetes_version(),
+    )

@@ -1,0 +1,1 @@
+"""pykubelet: the Kubernetes node agent, in Python."""

@@ -1,0 +1,1 @@
+"""pyproxy: the Kubernetes service proxy, in Python."""
