@@ -1,0 +1,321 @@
+"""Async CRI client over a unix socket (grpc.aio).
+
+Every call has a deadline: the client's ``timeout`` (``pull_timeout`` for
+PullImage), or the ``timeout=`` given to the call. A missing socket fails at once
+with Unavailable; otherwise the call waits, within its deadline, for the channel
+to (re)connect, so calls work again as soon as a restarted runtime listens.
+Failures raise :mod:`cri.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from . import api_pb2 as api
+from . import api_pb2_grpc as api_grpc
+from .errors import CRIError, DeadlineExceeded, Unavailable, Unimplemented, from_rpc_error
+
+DEFAULT_TIMEOUT = 120.0  # the kubelet's --runtime-request-timeout default
+DEFAULT_PULL_TIMEOUT = 30 * 60.0
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # as the kubelet; ListContainers can exceed gRPC's 4 MiB default
+
+# The kubelet's CRI version, sent in VersionRequest.
+KUBELET_API_VERSION = "0.1.0"
+
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Reconnect soon after a runtime restart instead of backing off up to gRPC's 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 3000),
+)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A runtime socket, from ``unix:///path`` or a bare path."""
+
+    path: str
+
+    @classmethod
+    def parse(cls, value: str) -> Endpoint:
+        if "://" in value:
+            scheme, _, rest = value.partition("://")
+            if scheme != "unix":
+                raise ValueError(f"unsupported CRI endpoint {value!r}: only unix sockets are supported")
+            value = rest
+        elif value.startswith("unix:"):
+            value = value[len("unix:"):]
+        if not value:
+            raise ValueError("empty CRI endpoint")
+        return cls(os.path.abspath(value))
+
+    @property
+    def target(self) -> str:
+        return f"unix://{self.path}"
+
+
+class CRIClient:
+    """RuntimeService and ImageService of one container runtime.
+
+    ``image_endpoint`` defaults to ``endpoint`` (as the kubelet's
+    --image-service-endpoint does). Use as ``async with CRIClient(...) as cri``
+    or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        image_endpoint: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        pull_timeout: float = DEFAULT_PULL_TIMEOUT,
+    ):
+        self.endpoint = Endpoint.parse(endpoint)
+        self.image_endpoint = Endpoint.parse(image_endpoint) if image_endpoint else self.endpoint
+        self.timeout = timeout
+        self.pull_timeout = pull_timeout
+        self._channels: dict[Endpoint, grpc.aio.Channel] = {}
+        self._stubs: dict[str, object] = {}
+
+    async def __aenter__(self) -> CRIClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        self._stubs = {}
+        for channel in channels.values():
+            await channel.close()
+
+    def _channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(endpoint.target, options=_CHANNEL_OPTIONS)
+            self._channels[endpoint] = channel
+        return channel
+
+    def _stub(self, endpoint: Endpoint, service: str):
+        stub = self._stubs.get(service)
+        if stub is None:
+            stub = getattr(api_grpc, f"{service}Stub")(self._channel(endpoint))
+            self._stubs[service] = stub
+        return stub
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until the runtime (and image service) sockets accept connections."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        for endpoint in {self.endpoint, self.image_endpoint}:
+            while not os.path.exists(endpoint.path):
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"socket does not exist after {timeout:g}s", socket=endpoint.path, rpc="connect")
+                await asyncio.sleep(0.1)
+            try:
+                await asyncio.wait_for(self._channel(endpoint).channel_ready(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                raise Unavailable(f"no connection within {timeout:g}s", socket=endpoint.path, rpc="connect") from None
+
+    async def _call(self, endpoint: Endpoint, service: str, rpc: str, request, timeout: float):
+        if not os.path.exists(endpoint.path):
+            raise Unavailable(
+                "socket does not exist (is the container runtime running?)", socket=endpoint.path, rpc=rpc
+            )
+        method = getattr(self._stub(endpoint, service), rpc)
+        try:
+            return await method(request, timeout=timeout, wait_for_ready=True)
+        except grpc.aio.AioRpcError as e:
+            err = from_rpc_error(e, socket=endpoint.path, rpc=rpc)
+            channel = self._channels.get(endpoint)
+            connected = channel is not None and channel.get_state() == grpc.ChannelConnectivity.READY
+            if isinstance(err, DeadlineExceeded) and not connected:
+                err = Unavailable(
+                    f"runtime not reachable within {timeout:g}s", socket=endpoint.path, rpc=rpc, code=e.code()
+                )
+            raise err from e
+
+    async def _runtime_call(self, rpc: str, request, timeout: float | None, extra: float = 0.0):
+        timeout = self.timeout + extra if timeout is None else timeout
+        return await self._call(self.endpoint, "RuntimeService", rpc, request, timeout)
+
+    async def _image_call(self, rpc: str, request, timeout: float | None, default: float | None = None):
+        if timeout is None:
+            timeout = self.timeout if default is None else default
+        return await self._call(self.image_endpoint, "ImageService", rpc, request, timeout)
+
+    # ------------------------------------------------------------- version
+
+    async def version(self, *, timeout: float | None = None) -> api.VersionResponse:
+        """Version on runtime.v1; raises Unimplemented with a clear message if the runtime lacks runtime.v1."""
+        try:
+            return await self._runtime_call("Version", api.VersionRequest(version=KUBELET_API_VERSION), timeout)
+        except Unimplemented as e:
+            raise Unimplemented(
+                "the runtime does not implement CRI runtime.v1 (runtime.v1.RuntimeService/Version is "
+                f"unimplemented: {e.details}); upgrade it to a release that serves runtime.v1",
+                socket=e.socket,
+                rpc=e.rpc,
+                code=e.code,
+            ) from e
+
+    # ------------------------------------------------------------- sandboxes
+
+    async def run_pod_sandbox(
+        self, request: api.RunPodSandboxRequest, *, timeout: float | None = None
+    ) -> api.RunPodSandboxResponse:
+        return await self._runtime_call("RunPodSandbox", request, timeout)
+
+    async def stop_pod_sandbox(
+        self, request: api.StopPodSandboxRequest, *, timeout: float | None = None
+    ) -> api.StopPodSandboxResponse:
+        return await self._runtime_call("StopPodSandbox", request, timeout)
+
+    async def remove_pod_sandbox(
+        self, request: api.RemovePodSandboxRequest, *, timeout: float | None = None
+    ) -> api.RemovePodSandboxResponse:
+        return await self._runtime_call("RemovePodSandbox", request, timeout)
+
+    async def pod_sandbox_status(
+        self, request: api.PodSandboxStatusRequest, *, timeout: float | None = None
+    ) -> api.PodSandboxStatusResponse:
+        return await self._runtime_call("PodSandboxStatus", request, timeout)
+
+    async def list_pod_sandbox(
+        self, request: api.ListPodSandboxRequest | None = None, *, timeout: float | None = None
+    ) -> api.ListPodSandboxResponse:
+        return await self._runtime_call("ListPodSandbox", request or api.ListPodSandboxRequest(), timeout)
+
+    # ------------------------------------------------------------- containers
+
+    async def create_container(
+        self, request: api.CreateContainerRequest, *, timeout: float | None = None
+    ) -> api.CreateContainerResponse:
+        return await self._runtime_call("CreateContainer", request, timeout)
+
+    async def start_container(
+        self, request: api.StartContainerRequest, *, timeout: float | None = None
+    ) -> api.StartContainerResponse:
+        return await self._runtime_call("StartContainer", request, timeout)
+
+    async def stop_container(
+        self, request: api.StopContainerRequest, *, timeout: float | None = None
+    ) -> api.StopContainerResponse:
+        """The default deadline is the client timeout plus the request's grace period."""
+        return await self._runtime_call("StopContainer", request, timeout, extra=max(0, request.timeout))
+
+    async def remove_container(
+        self, request: api.RemoveContainerRequest, *, timeout: float | None = None
+    ) -> api.RemoveContainerResponse:
+        return await self._runtime_call("RemoveContainer", request, timeout)
+
+    async def list_containers(
+        self, request: api.ListContainersRequest | None = None, *, timeout: float | None = None
+    ) -> api.ListContainersResponse:
+        return await self._runtime_call("ListContainers", request or api.ListContainersRequest(), timeout)
+
+    async def container_status(
+        self, request: api.ContainerStatusRequest, *, timeout: float | None = None
+    ) -> api.ContainerStatusResponse:
+        return await self._runtime_call("ContainerStatus", request, timeout)
+
+    async def update_container_resources(
+        self, request: api.UpdateContainerResourcesRequest, *, timeout: float | None = None
+    ) -> api.UpdateContainerResourcesResponse:
+        return await self._runtime_call("UpdateContainerResources", request, timeout)
+
+    async def reopen_container_log(
+        self, request: api.ReopenContainerLogRequest, *, timeout: float | None = None
+    ) -> api.ReopenContainerLogResponse:
+        return await self._runtime_call("ReopenContainerLog", request, timeout)
+
+    # ------------------------------------------------------------- exec and streaming
+
+    async def exec_sync(
+        self, request: api.ExecSyncRequest, *, timeout: float | None = None
+    ) -> api.ExecSyncResponse:
+        """The default deadline is the client timeout plus the request's own timeout."""
+        return await self._runtime_call("ExecSync", request, timeout, extra=max(0, request.timeout))
+
+    async def exec(self, request: api.ExecRequest, *, timeout: float | None = None) -> api.ExecResponse:
+        return await self._runtime_call("Exec", request, timeout)
+
+    async def attach(self, request: api.AttachRequest, *, timeout: float | None = None) -> api.AttachResponse:
+        return await self._runtime_call("Attach", request, timeout)
+
+    async def port_forward(
+        self, request: api.PortForwardRequest, *, timeout: float | None = None
+    ) -> api.PortForwardResponse:
+        return await self._runtime_call("PortForward", request, timeout)
+
+    # ------------------------------------------------------------- stats
+
+    async def container_stats(
+        self, request: api.ContainerStatsRequest, *, timeout: float | None = None
+    ) -> api.ContainerStatsResponse:
+        return await self._runtime_call("ContainerStats", request, timeout)
+
+    async def list_container_stats(
+        self, request: api.ListContainerStatsRequest | None = None, *, timeout: float | None = None
+    ) -> api.ListContainerStatsResponse:
+        return await self._runtime_call("ListContainerStats", request or api.ListContainerStatsRequest(), timeout)
+
+    async def pod_sandbox_stats(
+        self, request: api.PodSandboxStatsRequest, *, timeout: float | None = None
+    ) -> api.PodSandboxStatsResponse:
+        return await self._runtime_call("PodSandboxStats", request, timeout)
+
+    async def list_pod_sandbox_stats(
+        self, request: api.ListPodSandboxStatsRequest | None = None, *, timeout: float | None = None
+    ) -> api.ListPodSandboxStatsResponse:
+        return await self._runtime_call("ListPodSandboxStats", request or api.ListPodSandboxStatsRequest(), timeout)
+
+    # ------------------------------------------------------------- runtime
+
+    async def update_runtime_config(
+        self, request: api.UpdateRuntimeConfigRequest, *, timeout: float | None = None
+    ) -> api.UpdateRuntimeConfigResponse:
+        return await self._runtime_call("UpdateRuntimeConfig", request, timeout)
+
+    async def status(
+        self, request: api.StatusRequest | None = None, *, timeout: float | None = None
+    ) -> api.StatusResponse:
+        return await self._runtime_call("Status", request or api.StatusRequest(), timeout)
+
+    # ------------------------------------------------------------- images
+
+    async def list_images(
+        self, request: api.ListImagesRequest | None = None, *, timeout: float | None = None
+    ) -> api.ListImagesResponse:
+        return await self._image_call("ListImages", request or api.ListImagesRequest(), timeout)
+
+    async def image_status(
+        self, request: api.ImageStatusRequest, *, timeout: float | None = None
+    ) -> api.ImageStatusResponse:
+        return await self._image_call("ImageStatus", request, timeout)
+
+    async def pull_image(
+        self, request: api.PullImageRequest, *, timeout: float | None = None
+    ) -> api.PullImageResponse:
+        """The default deadline is the client's ``pull_timeout``."""
+        return await self._image_call("PullImage", request, timeout, default=self.pull_timeout)
+
+    async def remove_image(
+        self, request: api.RemoveImageRequest, *, timeout: float | None = None
+    ) -> api.RemoveImageResponse:
+        return await self._image_call("RemoveImage", request, timeout)
+
+    async def image_fs_info(
+        self, request: api.ImageFsInfoRequest | None = None, *, timeout: float | None = None
+    ) -> api.ImageFsInfoResponse:
+        return await self._image_call("ImageFsInfo", request or api.ImageFsInfoRequest(), timeout)
+
+
+__all__ = ["CRIClient", "CRIError", "Endpoint", "DEFAULT_TIMEOUT", "DEFAULT_PULL_TIMEOUT", "KUBELET_API_VERSION"]

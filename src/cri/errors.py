@@ -1,0 +1,54 @@
+"""Exceptions raised by the CRI client, one per gRPC status the kubelet acts on."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CRIError(Exception):
+    """A CRI call failed. ``socket`` is the runtime's socket path, ``rpc`` the method name."""
+
+    def __init__(self, message: str, *, socket: str, rpc: str, code: grpc.StatusCode | None = None):
+        super().__init__(f"CRI {rpc} on {socket}: {message}")
+        self.socket = socket
+        self.rpc = rpc
+        self.code = code
+        self.details = message
+
+
+class NotFound(CRIError):
+    """The sandbox, container or image does not exist."""
+
+
+class Unavailable(CRIError):
+    """The runtime is not reachable: socket missing, nobody listening, or connection lost."""
+
+
+class DeadlineExceeded(CRIError):
+    """The runtime did not answer within the call's deadline."""
+
+
+class Unimplemented(CRIError):
+    """The runtime does not implement this RPC (or runtime.v1 at all)."""
+
+
+class RPCError(CRIError):
+    """Any other non-OK status; see ``code``."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[CRIError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+}
+
+
+def from_rpc_error(err: grpc.RpcError, *, socket: str, rpc: str) -> CRIError:
+    """Map a gRPC error (grpc.aio.AioRpcError or a sync grpc.Call) to a CRIError."""
+    code = err.code()
+    details = err.details() or code.name
+    cls = _BY_CODE.get(code, RPCError)
+    if cls is RPCError:
+        details = f"{code.name}: {details}"
+    return cls(details, socket=socket, rpc=rpc, code=code)
