@@ -1,0 +1,126 @@
+"""`up`, `down` and `status` of the local cluster: the order in which the pieces start and stop."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import bootstrap, cgroups, containerd, controlplane, network, pki, procs
+from .settings import Cluster, UPSTREAM_DIR
+
+REQUIRED_TOOLS = {
+    "ip": "iproute2", "nsenter": "util-linux", "containerd": "containerd", "runc": "runc", "ctr": "containerd",
+    "etcd": "etcd-server", "busybox": "busybox-static", "gcc": "gcc", "go": "golang", "iptables": "iptables",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[localcluster] {msg}", file=sys.stderr, flush=True)
+
+
+def preflight(cluster: Cluster) -> None:
+    if os.geteuid() != 0:
+        raise procs.UpError("preflight: the local cluster needs root (network namespaces, mounts, cgroups)")
+    missing = sorted({pkg for tool, pkg in REQUIRED_TOOLS.items() if not shutil.which(tool)})
+    if missing:
+        raise procs.UpError(f"preflight: missing packages: {' '.join(missing)} (run `make deps`)")
+    if not Path("/proc/sys/net/bridge").exists() and not Path("/sys/module/bridge").exists():
+        raise procs.UpError("preflight: this kernel has no bridge support, which the node network needs")
+    network.check_no_overlap(cluster)
+
+
+def build_upstream(cluster: Cluster, programs: list[str] | None = None) -> None:
+    proc = subprocess.run([str(UPSTREAM_DIR / "build.sh"), *(programs or [])],
+                          env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
+    if proc.returncode != 0:
+        raise procs.UpError(f"upstream build failed (exit {proc.returncode}); its output is above")
+
+
+def up(cluster: Cluster) -> None:
+    started = time.monotonic()
+    preflight(cluster)
+    build_upstream(cluster)
+    try:
+        cluster.state.mkdir(parents=True, exist_ok=True)
+        pki.ensure(cluster)
+        network.ensure_bridge(cluster)
+        log(f"control plane on {cluster.server}")
+        controlplane.start(cluster)
+        bootstrap.apply(cluster)
+        for node in cluster.nodes:
+            log(f"node {node.name}: netns {node.netns}, IP {node.ip}, pods {node.pod_cidr}")
+            network.ensure_node(node)
+            containerd.start(node)
+            containerd.import_images(node)
+    except (procs.UpError, OSError, subprocess.SubprocessError) as err:
+        log(f"up failed: {err}")
+        log(f"stopping what up started (logs stay in {cluster.logs})")
+        down(cluster, keep_logs=True)
+        raise procs.UpError(str(err)) from err
+    log(f"ready in {time.monotonic() - started:.1f}s")
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mountpoint = line.split()[4].replace("\\040", " ")
+        if mountpoint.startswith(prefix):
+            found.append(mountpoint)
+    return sorted(set(found), key=lambda m: -m.count("/"))
+
+
+def unmount_all(path: Path) -> None:
+    for mountpoint in _mounts_under(path):
+        if subprocess.run(["umount", mountpoint], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", mountpoint], capture_output=True)
+
+
+def _node_dirs(cluster: Cluster) -> list[Path]:
+    nodes_dir = cluster.state / "nodes"
+    return sorted(p for p in nodes_dir.iterdir() if p.is_dir()) if nodes_dir.is_dir() else []
+
+
+def down(cluster: Cluster, keep_logs: bool = False) -> None:
+    """Stop everything `up` started and remove what it created on the host; idempotent.
+
+    `keep_logs` leaves the logs directory, so that a failed `up` can point at them.
+    """
+    for node in cluster.nodes:
+        containerd.stop(node)
+    # Whatever the node's containerd left running (shims, containers) sits in the node's cgroups.
+    for node_dir in _node_dirs(cluster):
+        record = node_dir / "cgroups"
+        dirs = cgroups.recorded(record)
+        procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(dirs))), grace=0)
+        unmount_all(node_dir)
+        cgroups.remove(dirs)
+    controlplane.stop(cluster)
+    # Anything still naming the state directory was started by an `up` whose pidfiles are gone.
+    procs.kill_and_wait(sorted(procs.mentioning(str(cluster.state))), grace=5)
+    for node in cluster.nodes:
+        procs.kill_and_wait(network.pids_in(node.netns), grace=5)
+        network.remove_node(node)
+    network.remove_bridge(cluster)
+    unmount_all(cluster.state)
+    if cluster.state.exists():
+        for path in cluster.state.iterdir():
+            if not (keep_logs and path == cluster.logs):
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if not keep_logs:
+            cluster.state.rmdir()
+
+
+def env_lines(cluster: Cluster) -> str:
+    return f"export KUBECONFIG={cluster.admin_kubeconfig}\nexport PATH={cluster.bin}:$PATH"
+
+
+def status(cluster: Cluster) -> dict[str, bool]:
+    state = {name: bool(procs.running(cluster, name)) for name in controlplane.COMPONENTS}
+    for node in cluster.nodes:
+        state[f"containerd-{node.name}"] = bool(procs.running(cluster, f"containerd-{node.name}"))
+    return state

@@ -1,0 +1,149 @@
+"""etcd, kube-apiserver, kube-controller-manager and kube-scheduler, with kubeadm's flags."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import urllib.request
+
+from . import procs
+from .settings import Cluster
+
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def get(url: str, *, ca: str | None = None, cert: tuple[str, str] | None = None, timeout: float = 3) -> tuple[int, str]:
+    """One HTTPS GET; returns (status, body) and never raises for an HTTP error status."""
+    ctx = ssl.create_default_context(cafile=ca) if ca else ssl._create_unverified_context()  # noqa: S323
+    if cert:
+        ctx.load_cert_chain(*cert)
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def etcd_binary() -> str:
+    path = shutil.which("etcd")
+    if not path:
+        raise procs.UpError("etcd: the etcd binary is missing (Debian package etcd-server)")
+    return path
+
+
+def _argv(cluster: Cluster, name: str) -> list[str]:
+    pki = cluster.pki
+    ip = cluster.host_ip
+    if name == "etcd":
+        return [
+            etcd_binary(),
+            "--name=pynode-control-plane",
+            f"--data-dir={cluster.state / 'etcd'}",
+            f"--listen-client-urls=https://127.0.0.1:{cluster.etcd_client_port}",
+            f"--advertise-client-urls=https://127.0.0.1:{cluster.etcd_client_port}",
+            f"--listen-peer-urls=https://127.0.0.1:{cluster.etcd_peer_port}",
+            f"--initial-advertise-peer-urls=https://127.0.0.1:{cluster.etcd_peer_port}",
+            f"--initial-cluster=pynode-control-plane=https://127.0.0.1:{cluster.etcd_peer_port}",
+            "--listen-metrics-urls=http://127.0.0.1:2381",
+            "--client-cert-auth=true",
+            f"--cert-file={pki / 'etcd/server.crt'}",
+            f"--key-file={pki / 'etcd/server.key'}",
+            f"--trusted-ca-file={pki / 'etcd/ca.crt'}",
+            "--peer-client-cert-auth=true",
+            f"--peer-cert-file={pki / 'etcd/peer.crt'}",
+            f"--peer-key-file={pki / 'etcd/peer.key'}",
+            f"--peer-trusted-ca-file={pki / 'etcd/ca.crt'}",
+            "--snapshot-count=10000",
+        ]
+    if name == "kube-apiserver":
+        return [
+            str(cluster.bin / name),
+            f"--advertise-address={ip}",
+            f"--bind-address={ip}",
+            f"--secure-port={cluster.apiserver_port}",
+            "--allow-privileged=true",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--enable-bootstrap-token-auth=true",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--etcd-servers=https://127.0.0.1:{cluster.etcd_client_port}",
+            f"--etcd-cafile={pki / 'etcd/ca.crt'}",
+            f"--etcd-certfile={pki / 'apiserver-etcd-client.crt'}",
+            f"--etcd-keyfile={pki / 'apiserver-etcd-client.key'}",
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+            f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+            f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+            f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+            "--requestheader-allowed-names=front-proxy-client",
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+            "--requestheader-group-headers=X-Remote-Group",
+            "--requestheader-username-headers=X-Remote-User",
+            f"--service-account-issuer=https://kubernetes.default.svc.{cluster.cluster_domain}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--service-cluster-ip-range={cluster.service_cidr}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+        ]
+    kubeconfig = cluster.kubeconfig("controller-manager" if name == "kube-controller-manager" else "scheduler")
+    common = [
+        str(cluster.bin / name),
+        "--bind-address=127.0.0.1",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--leader-elect=true",
+    ]
+    if name == "kube-scheduler":
+        return common
+    return common + [
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        f"--root-ca-file={pki / 'ca.crt'}",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+        f"--cluster-signing-key-file={pki / 'ca.key'}",
+        "--controllers=*,bootstrapsigner,tokencleaner",
+        "--use-service-account-credentials=true",
+        "--allocate-node-cidrs=true",
+        f"--cluster-cidr={cluster.pod_cidr}",
+        "--node-cidr-mask-size=24",
+        f"--service-cluster-ip-range={cluster.service_cidr}",
+        "--cluster-name=kubernetes",
+    ]
+
+
+def _ports(cluster: Cluster, name: str) -> tuple[tuple[str, int], ...]:
+    return {
+        "etcd": (("127.0.0.1", cluster.etcd_client_port), ("127.0.0.1", cluster.etcd_peer_port),
+                 ("127.0.0.1", 2381)),
+        "kube-apiserver": ((cluster.host_ip, cluster.apiserver_port),),
+        "kube-controller-manager": (("127.0.0.1", cluster.controller_manager_port),),
+        "kube-scheduler": (("127.0.0.1", cluster.scheduler_port),),
+    }[name]
+
+
+def healthy(cluster: Cluster, name: str) -> bool:
+    pki = cluster.pki
+    if name == "etcd":
+        status, body = get(f"https://127.0.0.1:{cluster.etcd_client_port}/health", ca=str(pki / "etcd/ca.crt"),
+                           cert=(str(pki / "apiserver-etcd-client.crt"), str(pki / "apiserver-etcd-client.key")))
+        return status == 200 and json.loads(body).get("health") == "true"
+    if name == "kube-apiserver":
+        return get(f"{cluster.server}/readyz", ca=str(pki / "ca.crt")) == (200, "ok")
+    port = cluster.controller_manager_port if name == "kube-controller-manager" else cluster.scheduler_port
+    return get(f"https://127.0.0.1:{port}/healthz") == (200, "ok")
+
+
+def start(cluster: Cluster) -> None:
+    for name in COMPONENTS:
+        procs.start(cluster, name, _argv(cluster, name), ports=_ports(cluster, name))
+        procs.wait_healthy(cluster, name, lambda name=name: healthy(cluster, name), timeout=90)
+
+
+def stop(cluster: Cluster) -> None:
+    for name in reversed(COMPONENTS):
+        procs.stop(cluster, name)

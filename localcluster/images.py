@@ -1,0 +1,210 @@
+"""Build container images locally as OCI image archives, and import them into containerd.
+
+No registry is reachable, so every image a pod needs is made here from files on
+this machine: an `Image` lists the files of its single layer and its runtime
+config, `build()` writes a reproducible OCI archive (same inputs, same digest)
+into the cache, and `import_archive()` loads it into a containerd's `k8s.io`
+namespace under every name in `Image.names`. Add an image by adding a function
+to CATALOG.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procs import UpError
+from .settings import Cluster
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One path in the layer: a file (data), a directory (neither), or a symlink (link)."""
+
+    path: str
+    data: bytes | None = None
+    mode: int = 0o755
+    link: str | None = None
+
+
+@dataclass
+class Image:
+    names: list[str]
+    entries: list[Entry]
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+    workdir: str = ""
+    user: str = ""
+
+
+def _layer(entries: list[Entry]) -> bytes:
+    """A tar layer with fixed owners and times, so the digest depends on content only."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        seen = set()
+        for entry in sorted(entries, key=lambda e: e.path):
+            parts = entry.path.strip("/").split("/")
+            for i in range(1, len(parts)):  # parent directories first
+                parent = "/".join(parts[:i])
+                if parent not in seen:
+                    seen.add(parent)
+                    tar.addfile(_info(parent, tarfile.DIRTYPE, 0o755))
+            name = "/".join(parts)
+            if name in seen:
+                continue
+            seen.add(name)
+            if entry.link is not None:
+                info = _info(name, tarfile.SYMTYPE, 0o777)
+                info.linkname = entry.link
+                tar.addfile(info)
+            elif entry.data is None:
+                tar.addfile(_info(name, tarfile.DIRTYPE, entry.mode))
+            else:
+                info = _info(name, tarfile.REGTYPE, entry.mode)
+                info.size = len(entry.data)
+                tar.addfile(info, io.BytesIO(entry.data))
+    return buf.getvalue()
+
+
+def _info(name: str, kind: bytes, mode: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.mtime, info.uid, info.gid = kind, mode, 0, 0, 0
+    return info
+
+
+def _blob(blobs: dict[str, bytes], data: bytes, media_type: str) -> dict:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs[digest] = data
+    return {"mediaType": media_type, "digest": digest, "size": len(data)}
+
+
+def _json(obj: dict) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def build(image: Image, out_dir: Path) -> Path:
+    """Write the image as an OCI archive under out_dir (reused if already there); return its path."""
+    blobs: dict[str, bytes] = {}
+    layer = _layer(image.entries)
+    layer_desc = _blob(blobs, layer, "application/vnd.oci.image.layer.v1.tar")
+    config = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": image.env, "Entrypoint": image.entrypoint or None, "Cmd": image.cmd or None,
+                   "WorkingDir": image.workdir, "User": image.user},
+        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
+        "history": [{"created_by": "pynode localcluster/images.py"}],
+    }
+    config_desc = _blob(blobs, _json(config), "application/vnd.oci.image.config.v1+json")
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": config_desc, "layers": [layer_desc]}
+    manifest_desc = _blob(blobs, _json(manifest), "application/vnd.oci.image.manifest.v1+json")
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+        {**manifest_desc, "platform": {"architecture": "amd64", "os": "linux"},
+         "annotations": {"io.containerd.image.name": name,
+                         "org.opencontainers.image.ref.name": name.rpartition(":")[2]}}
+        for name in image.names
+    ]}
+    index_bytes = _json(index)
+    slug = re.sub(r"[^a-z0-9.]+", "-", image.names[0].rpartition("/")[2])
+    path = out_dir / f"{slug}-{hashlib.sha256(index_bytes).hexdigest()[:12]}.tar"
+    if path.exists():
+        return path
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=out_dir, delete=False) as tmp:
+        with tarfile.open(fileobj=tmp, mode="w") as tar:
+            files = {"oci-layout": _json({"imageLayoutVersion": "1.0.0"}), "index.json": index_bytes}
+            files.update({f"blobs/sha256/{d.split(':')[1]}": data for d, data in blobs.items()})
+            for name, data in sorted(files.items()):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    Path(tmp.name).rename(path)
+    return path
+
+
+def import_archive(archive: Path, containerd_socket: Path) -> None:
+    proc = subprocess.run(
+        ["ctr", f"--address={containerd_socket}", "--namespace=k8s.io", "images", "import", str(archive)],
+        capture_output=True, text=True, timeout=120,
+    )
+    if proc.returncode != 0:
+        raise UpError(f"images: importing {archive.name} into {containerd_socket} failed: {proc.stderr.strip()}")
+
+
+# --- the catalog -------------------------------------------------------------------------------
+
+def _module_dir(cluster: Cluster) -> Path:
+    """The k8s.io/kubernetes module source that the upstream build downloaded."""
+    gomodcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True).stdout.strip()
+    path = Path(gomodcache) / f"k8s.io/kubernetes@{cluster.version}"
+    if not path.is_dir():
+        raise UpError(f"images: {path} is missing; run the upstream build first")
+    return path
+
+
+def _upstream_fact(cluster: Cluster, relpath: str, pattern: str) -> str:
+    text = (_module_dir(cluster) / relpath).read_text()
+    match = re.search(pattern, text)
+    if not match:
+        raise UpError(f"images: cannot find {pattern!r} in {relpath} of Kubernetes {cluster.version}")
+    return match.group(1)
+
+
+def _pause_version(cluster: Cluster) -> str:
+    return _upstream_fact(cluster, "cmd/kubeadm/app/constants/constants.go", r'PauseVersion\s*=\s*"([^"]+)"')
+
+
+def pause_image(cluster: Cluster) -> Image:
+    """The sandbox image: upstream's own pause program, compiled static from the pinned module."""
+    version = _pause_version(cluster)
+    source = _module_dir(cluster) / "build/pause/linux/pause.c"
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pause"
+        proc = subprocess.run(["gcc", "-Os", "-static", f"-DVERSION=v{version}", "-o", str(out), str(source)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise UpError(f"images: compiling pause.c failed: {proc.stderr.strip()}")
+        subprocess.run(["strip", str(out)], check=False)
+        data = out.read_bytes()
+    return Image(names=[pause_name(cluster)], entries=[Entry("pause", data)],
+                 entrypoint=["/pause"], env=[], user="65535:65535")
+
+
+def busybox_image(cluster: Cluster) -> Image:
+    """Debian's busybox-static with a link per applet, under the name the e2e tests use."""
+    tag = _upstream_fact(cluster, "test/utils/image/manifest.go", r'"busybox",\s*"([^"]+)"')
+    busybox = shutil.which("busybox")
+    if not busybox:
+        raise UpError("images: /bin/busybox is missing (Debian package busybox-static)")
+    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
+    entries = [Entry("bin/busybox", Path(busybox).read_bytes())]
+    entries += [Entry(a, link="/bin/busybox") for a in applets if a != "bin/busybox"]
+    entries += [
+        Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n", 0o644),
+        Entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+        Entry("tmp", mode=0o1777), Entry("root", mode=0o700), Entry("home"), Entry("var/log"),
+    ]
+    return Image(names=[f"registry.k8s.io/e2e-test-images/busybox:{tag}", "docker.io/library/busybox:latest"],
+                 entries=entries, cmd=["sh"])
+
+
+CATALOG: dict[str, Callable[[Cluster], Image]] = {
+    "pause": pause_image,
+    "busybox": busybox_image,
+}
+
+
+def pause_name(cluster: Cluster) -> str:
+    """The sandbox image kubeadm of the pinned version configures."""
+    return f"registry.k8s.io/pause:{_pause_version(cluster)}"

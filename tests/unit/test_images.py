@@ -1,0 +1,56 @@
+"""The OCI archive builder: reproducible, and laid out as containerd expects."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+
+from localcluster.images import Entry, Image, build
+
+
+def _image(data: bytes = b"#!/bin/sh\necho hi\n") -> Image:
+    return Image(
+        names=["example.test/tool:1.0", "example.test/tool:latest"],
+        entries=[Entry("bin/tool", data), Entry("bin/alias", link="/bin/tool"), Entry("tmp", mode=0o1777)],
+        entrypoint=["/bin/tool"], cmd=["--help"],
+    )
+
+
+def _read(archive) -> dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_same_inputs_give_the_same_archive(tmp_path):
+    first = build(_image(), tmp_path / "a")
+    second = build(_image(), tmp_path / "b")
+    assert first.name == second.name
+    assert first.read_bytes() == second.read_bytes()
+    assert build(_image(b"other"), tmp_path / "a").name != first.name
+
+
+def test_archive_is_a_valid_oci_layout_naming_every_tag(tmp_path):
+    files = _read(build(_image(), tmp_path))
+    assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    for name, data in files.items():
+        if name.startswith("blobs/sha256/"):
+            assert hashlib.sha256(data).hexdigest() == name.rsplit("/", 1)[1]
+    index = json.loads(files["index.json"])
+    names = [m["annotations"]["io.containerd.image.name"] for m in index["manifests"]]
+    assert names == ["example.test/tool:1.0", "example.test/tool:latest"]
+
+    manifest = json.loads(files["blobs/sha256/" + index["manifests"][0]["digest"].split(":")[1]])
+    config = json.loads(files["blobs/sha256/" + manifest["config"]["digest"].split(":")[1]])
+    assert config["config"]["Entrypoint"] == ["/bin/tool"]
+    assert config["config"]["Cmd"] == ["--help"]
+    layer_digest = manifest["layers"][0]["digest"]
+    assert config["rootfs"]["diff_ids"] == [layer_digest]
+
+    with tarfile.open(fileobj=io.BytesIO(files["blobs/sha256/" + layer_digest.split(":")[1]])) as layer:
+        members = {m.name: m for m in layer.getmembers()}
+    assert members["bin"].isdir()
+    assert members["bin/tool"].mode == 0o755 and members["bin/tool"].mtime == 0
+    assert members["bin/alias"].issym() and members["bin/alias"].linkname == "/bin/tool"
+    assert members["tmp"].mode == 0o1777
