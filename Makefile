@@ -1,0 +1,49 @@
+# pynode: `make up` brings up the local cluster, `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-static \
+	iptables nftables conntrack iproute2 util-linux gcc libc6-dev
+
+.PHONY: up down status test deps venv upstream proto clean
+
+up: deps venv
+	$(PY) -m localcluster up
+
+down:
+	@$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m localcluster down
+
+status: venv
+	$(PY) -m localcluster status
+
+test: deps venv upstream
+	$(PY) -m pytest
+
+# Debian packages, installed only when one is missing.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@command -v go >/dev/null || { echo "deps: Go is not installed; the upstream build needs it" >&2; exit 1; }
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# The upstream control plane and kubectl, into the cache (seconds when cached).
+upstream: venv
+	$(PY) -m localcluster build
+
+# Regenerate the committed CRI stubs from src/cri/api.proto.
+proto: venv
+	$(PY) -m cri.generate
+
+clean: down
+	rm -rf $(VENV) src/*.egg-info

@@ -1,0 +1,66 @@
+"""Fixtures shared by the test suite.
+
+`cluster` gives integration tests the running local cluster (starting it when
+it is not up, and stopping it at the end if this session started it);
+`admin` is a lightkube client with cluster-admin rights; `agents` starts
+pykubelet/pyproxy on a local node and always stops them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from localcluster import agents as agent_runner
+from localcluster import cluster as local
+from localcluster import settings
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="integration tests need root")
+        for item in items:
+            if "integration" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cluster_was_up() -> bool:
+    return all(local.status(settings.load()).values())
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_was_up):
+    config = settings.load()
+    local.up(config)
+    yield config
+    if not cluster_was_up:
+        local.down(config)
+
+
+@pytest.fixture(scope="session")
+def node(cluster):
+    return cluster.nodes[0]
+
+
+@pytest.fixture(scope="session")
+def admin(cluster):
+    from lightkube import Client, KubeConfig
+
+    return Client(config=KubeConfig.from_file(str(cluster.admin_kubeconfig)))
+
+
+@pytest.fixture
+def agents(cluster):
+    """Call `agents(node, "pykubelet", "--flag", ...)`; every agent started is stopped at teardown."""
+    started: list[agent_runner.Agent] = []
+
+    def start(node, program, *flags):
+        agent = agent_runner.start(node, program, *flags)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
