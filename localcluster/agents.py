@@ -54,5 +54,5 @@ def start(node: Node, program: str, *flags: str) -> Agent:
     if procs.running(node.cluster, name):
         raise procs.UpError(f"{name} is already running")
     pid = procs.start(node.cluster, name, [executable(program), *flags], netns=node.netns,
-                      cgroup_procs=tuple(p / "cgroup.procs" for p in cgroups.recorded(node.dir / "cgroups")))
+                      cgroup_procs=tuple(d / "cgroup.procs" for d in cgroups.recorded_dirs(node.dir)))
     return Agent(node, program, pid)

@@ -1,77 +1,114 @@
-"""A cgroup per local node, so that `down` can find every process the node started.
+"""A cgroup per local node, so that `down` finds every process the node started.
 
-The node's containerd joins `<own cgroup>/pynode/<node>` in every mounted
-hierarchy; its shims inherit that, and runc puts containers whose cgroup
-parent is relative below it. We nest under the cgroup we already run in (never
-escaping a limit somebody set on us), so the absolute directories differ from
-machine to machine: they are recorded next to the node's state.
+The node's containerd, and so its shims, run in the node's cgroup, and the
+node's pods are created below it (their cgroup parent names it). CRI passes
+one absolute cgroup path for all hierarchies, so the node's cgroup has the same
+path in each: our own deepest cgroup (the one some supervisor may have put us
+in, say memory:/process_api/<id>) plus `pynode/<node>`. In every other
+hierarchy that path lies below the one we run in too, so nothing escapes a
+limit set on us. The path differs from machine to machine, so it is recorded
+next to the node's state.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+PATH_FILE = "cgroup"  # the node's absolute cgroup path
+DIRS_FILE = "cgroups"  # its directory in every hierarchy
+CREATED_FILE = "cgroups-created"  # every directory `ensure` had to create, parents included
 
-def _hierarchies() -> list[Path]:
-    """For each mounted cgroup hierarchy, the directory of the cgroup this process is in."""
+
+def _hierarchies() -> list[tuple[Path, str]]:
+    """(mount point, our cgroup path in that hierarchy) for each mounted hierarchy."""
     own: dict[str, str] = {}
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
-        for c in (controllers.split(",") if controllers else [""]):
-            own[c] = path
-    dirs = []
+        for controller in controllers.split(",") if controllers else [""]:
+            own[controller] = path
+    found = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
         fstype, _, options = right.split()[:3]
-        mountpoint, root = left.split()[4], left.split()[3]
+        root, mountpoint = left.split()[3:5]
         if fstype == "cgroup2":
             key = ""
         elif fstype == "cgroup":
-            names = [o for o in options.split(",") if o not in ("rw", "ro") and not o.startswith(("relatime", "no"))]
-            key = next((n for n in names if n in own), None) or ",".join(names)
+            key = next((o for o in options.split(",") if o in own), None)
         else:
             continue
-        path = own.get(key)
-        if path is None:
-            continue
-        relative = os.path.relpath(path, root) if path.startswith(root) else path
-        dirs.append(Path(mountpoint) / relative.lstrip("./") if relative != "." else Path(mountpoint))
-    return dirs
+        if key is None or key not in own or root != "/":
+            continue  # a hierarchy we are not in, or a bind mount of part of one
+        found.append((Path(mountpoint), own[key]))
+    return found
 
 
-def ensure(name: str, record: Path) -> tuple[Path, ...]:
-    """Create cgroup `name` below our own in every hierarchy; return the cgroup.procs files to join."""
-    created = []
-    for parent in _hierarchies():
-        path = parent / name
-        path.mkdir(parents=True, exist_ok=True)
-        if (path / "cpuset.cpus").exists():
-            _inherit_cpuset(parent, path)
-        created.append(path)
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text("".join(f"{p}\n" for p in created))
-    return tuple(p / "cgroup.procs" for p in created)
+def node_path(name: str) -> str:
+    """The absolute cgroup path for `name`: below the deepest cgroup we are in."""
+    hierarchies = _hierarchies()
+    base = max((path for _, path in hierarchies), key=len, default="/")
+    for mountpoint, path in hierarchies:
+        if not (base + "/").startswith(path.rstrip("/") + "/"):
+            raise RuntimeError(f"cgroups: we run in {path} under {mountpoint} but in {base} elsewhere; "
+                               "a node cgroup cannot sit below both")
+    return f"{base.rstrip('/')}/{name}"
+
+
+def ensure(name: str, node_dir: Path) -> tuple[str, tuple[Path, ...]]:
+    """Create the node's cgroup in every hierarchy; return its path and the cgroup.procs files to join."""
+    path = node_path(name)
+    dirs, created = [], []
+    for mountpoint, _ in _hierarchies():
+        directory = mountpoint / path.lstrip("/")
+        missing = directory
+        while not missing.exists():
+            created.append(missing)
+            missing = missing.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        if (directory / "cpuset.cpus").exists():
+            _inherit_cpuset(mountpoint, directory)
+        dirs.append(directory)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    (node_dir / PATH_FILE).write_text(path + "\n")
+    (node_dir / DIRS_FILE).write_text("".join(f"{d}\n" for d in dirs))
+    previously = _read_paths(node_dir / CREATED_FILE)
+    (node_dir / CREATED_FILE).write_text("".join(f"{d}\n" for d in dict.fromkeys(previously + created)))
+    return path, tuple(d / "cgroup.procs" for d in dirs)
 
 
 def _inherit_cpuset(top: Path, leaf: Path) -> None:
     """cgroup v1 cpusets start empty; give each new level its parent's cpus and mems."""
     chain = []
-    node = leaf
-    while node != top:
-        chain.append(node)
-        node = node.parent
+    level = leaf
+    while level != top:
+        chain.append(level)
+        level = level.parent
     for level in reversed(chain):
         for knob in ("cpuset.cpus", "cpuset.mems"):
             if not (level / knob).read_text().strip():
                 (level / knob).write_text((level.parent / knob).read_text().strip())
 
 
-def recorded(record: Path) -> list[Path]:
+def recorded_path(node_dir: Path) -> str | None:
     try:
-        return [Path(line) for line in record.read_text().split()]
+        return (node_dir / PATH_FILE).read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_paths(file: Path) -> list[Path]:
+    try:
+        return [Path(line) for line in file.read_text().split()]
     except OSError:
         return []
+
+
+def recorded_dirs(node_dir: Path) -> list[Path]:
+    return _read_paths(node_dir / DIRS_FILE)
+
+
+def created_dirs(node_dir: Path) -> list[Path]:
+    return _read_paths(node_dir / CREATED_FILE)
 
 
 def pids(dirs: list[Path]) -> set[int]:
@@ -86,19 +123,24 @@ def pids(dirs: list[Path]) -> set[int]:
     return found
 
 
-def remove(dirs: list[Path]) -> list[Path]:
-    """rmdir the cgroups bottom-up, and the empty `pynode` parents; return those that would not go."""
+def remove(node_dirs: list[Path]) -> list[Path]:
+    """rmdir the nodes' cgroups (whose processes must be gone) and every parent `ensure` created.
+
+    Takes all nodes at once because they share parents. Returns what would not go.
+    """
+    doomed: set[Path] = set()
+    for node_dir in node_dirs:
+        for top in recorded_dirs(node_dir):
+            if top.is_dir():
+                doomed.update(p for p in top.rglob("*") if p.is_dir())
+                doomed.add(top)
+        doomed.update(created_dirs(node_dir))
     stuck = []
-    for top in dirs:
-        if not top.is_dir():
-            continue
-        for path in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
-            try:
-                path.rmdir()
-            except OSError:
-                stuck.append(path)
+    for path in sorted(doomed, key=lambda p: -len(p.parts)):
         try:
-            top.parent.rmdir()  # the shared `pynode` level, once no node is left in it
-        except OSError:
+            path.rmdir()
+        except FileNotFoundError:
             pass
+        except OSError:
+            stuck.append(path)
     return stuck

@@ -93,12 +93,13 @@ def down(cluster: Cluster, keep_logs: bool = False) -> None:
     for node in cluster.nodes:
         containerd.stop(node)
     # Whatever the node's containerd left running (shims, containers) sits in the node's cgroups.
-    for node_dir in _node_dirs(cluster):
-        record = node_dir / "cgroups"
-        dirs = cgroups.recorded(record)
-        procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(dirs))), grace=0)
+    node_dirs = _node_dirs(cluster)
+    for node_dir in node_dirs:
+        procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(cgroups.recorded_dirs(node_dir)))), grace=0)
         unmount_all(node_dir)
-        cgroups.remove(dirs)
+    stuck = cgroups.remove(node_dirs)
+    if stuck:
+        log(f"could not remove cgroups (still in use?): {' '.join(map(str, stuck))}")
     controlplane.stop(cluster)
     # Anything still naming the state directory was started by an `up` whose pidfiles are gone.
     procs.kill_and_wait(sorted(procs.mentioning(str(cluster.state))), grace=5)

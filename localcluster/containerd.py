@@ -112,8 +112,9 @@ def start(node: Node) -> None:
         raise procs.UpError(f"containerd: no CNI plugins in {CNI_BIN_DIR} (Debian package containernetworking-plugins)")
     config = write_config(node)
     name = _daemon(node)
+    _, cgroup_procs = cgroups.ensure(node.cgroup_name, node.dir)
     procs.start(node.cluster, name, [shutil.which("containerd"), f"--config={config}"],
-                netns=node.netns, cgroup_procs=cgroups.ensure(node.cgroup, node.dir / "cgroups"))
+                netns=node.netns, cgroup_procs=cgroup_procs)
     procs.wait_healthy(node.cluster, name, lambda: healthy(node), timeout=30)
 
 

@@ -68,9 +68,19 @@ class Node:
         return self.dir / "containerd" / "containerd.sock"
 
     @property
-    def cgroup(self) -> str:
-        """The cgroup (relative to each hierarchy's root) holding all of the node's processes."""
+    def cgroup_name(self) -> str:
+        """The node's cgroup, below the one `up` runs in (see localcluster/cgroups.py)."""
         return f"pynode/{self.name}"
+
+    @property
+    def cgroup_path(self) -> str:
+        """The node's absolute cgroup path, as `up` created it; pods' cgroup parents go below it."""
+        from .cgroups import recorded_path
+
+        path = recorded_path(self.dir)
+        if path is None:
+            raise RuntimeError(f"node {self.name} has no cgroup yet; is the cluster up?")
+        return path
 
 
 @dataclass(frozen=True)

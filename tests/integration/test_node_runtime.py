@@ -24,8 +24,7 @@ async def _run_pod(node, log_dir: Path) -> dict:
     sandbox_config = pod_sandbox_config(
         name="foundation", uid=uid, namespace="default", hostname="foundation",
         log_directory=str(log_dir),
-        # Relative, so runc nests the pod below the node's own cgroup (see localcluster/cgroups.py).
-        cgroup_parent=f"pods/{uid}",
+        cgroup_parent=f"{node.cgroup_path}/pods/{uid}",
     )
     async with CRIClient(str(node.containerd_socket), timeout=60) as runtime:
         images = {tag for image in (await runtime.list_images()).images for tag in image.repo_tags}
@@ -63,7 +62,7 @@ def test_a_busybox_pod_runs_with_an_ip_from_the_node_bridge(node, tmp_path):
     # CRI log format: <RFC3339Nano> <stream> <P|F> <content>
     assert lines[0].split(" ", 3)[1:] == ["stdout", "F", "hello from foundation"]
     pids_cgroup = next(line for line in lines if ":pids:" in line).rsplit(":", 1)[1]
-    assert f"/{node.cgroup}/pods/" in pids_cgroup
+    assert pids_cgroup.startswith(f"{node.cgroup_path}/pods/")
 
 
 def test_the_node_namespace_reaches_the_control_plane_and_nothing_beyond(node, cluster):
@@ -78,3 +77,14 @@ def test_the_node_namespace_reaches_the_control_plane_and_nothing_beyond(node, c
          f"import socket; socket.create_connection(('{cluster.host_ip}', {cluster.apiserver_port}), 3).close()"],
         capture_output=True, text=True)
     assert connect.returncode == 0, connect.stderr
+
+
+def test_agents_run_as_daemons_of_the_node(node, agents):
+    agent = agents(node, "pykubelet", "--version")
+    deadline = time.monotonic() + 10
+    while agent.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not agent.running()
+    assert agent.log.read_text().strip().endswith(f"Kubernetes {node.cluster.version}")
+    with pytest.raises(ValueError, match="unknown agent"):
+        agents(node, "kube-proxy")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from localcluster import cgroups
 from localcluster import cluster as local
 from localcluster import settings
 
@@ -33,7 +34,8 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def test_down_leaves_no_process_and_no_network_state(cluster, cluster_was_up):
-    cgroup_dirs = [Path(line) for node in cluster.nodes for line in (node.dir / "cgroups").read_text().split()]
+    cgroup_dirs = [d for node in cluster.nodes
+                   for d in cgroups.recorded_dirs(node.dir) + cgroups.created_dirs(node.dir)]
     assert cgroup_dirs
     local.down(cluster)
     try:
