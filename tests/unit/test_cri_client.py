@@ -118,6 +118,50 @@ def test_dead_socket_is_unavailable_after_the_deadline(tmp_path):
         assert "not reachable" in str(info.value)
 
 
+def test_a_socket_that_is_not_a_grpc_server_is_one_clear_error(tmp_path):
+    """Something else listens on the socket (here: a server that answers HTTP/1.1)."""
+    path = tmp_path / "http.sock"
+
+    async def scenario():
+        async def answer(reader, writer):
+            await reader.read(1024)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(answer, path=str(path))
+        async with server:
+            async with CRIClient(str(path), timeout=1) as client:
+                await client.version()
+
+    start = time.monotonic()
+    with pytest.raises(errors.CRIError) as info:
+        run(scenario())
+    assert time.monotonic() - start < 5
+    assert (info.value.socket, info.value.rpc) == (str(path), "Version")
+    assert str(path) in str(info.value) and "Version" in str(info.value)
+
+
+def test_a_grpc_server_without_runtime_v1_is_explained(tmp_path):
+    """A gRPC server that serves no CRI service: Version is UNIMPLEMENTED there."""
+    path = tmp_path / "other.sock"
+
+    async def scenario():
+        server = grpc.aio.server()
+        server.add_insecure_port(f"unix://{path}")
+        await server.start()
+        try:
+            async with CRIClient(str(path), timeout=5) as client:
+                await client.version()
+        finally:
+            await server.stop(None)
+
+    with pytest.raises(errors.Unimplemented) as info:
+        run(scenario())
+    assert "does not implement CRI runtime.v1" in str(info.value)
+    assert info.value.socket == str(path)
+
+
 def test_wait_ready_gives_up_on_a_missing_socket(tmp_path):
     path = tmp_path / "never.sock"
 
