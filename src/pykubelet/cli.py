@@ -1,23 +1,36 @@
-"""Command line of pykubelet.
-
-Only `--version` works so far; running a node lands with the node issue. Until
-then every other invocation exits with a clear error instead of pretending.
-"""
+"""Command line of pykubelet: the upstream kubelet's flags and config file."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
+from . import logs
 from .version import KUBERNETES_VERSION
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if "--version" in args:
+    if "--version" in args or "--version=true" in args:
         print(f"Kubernetes {KUBERNETES_VERSION}")
         return 0
-    print("pykubelet: running a node is not implemented yet (only --version is)", file=sys.stderr)
-    return 2
+    from .certificates import BootstrapError
+    from .config import ConfigError, parse
+
+    try:
+        config = parse(args)
+    except ConfigError as err:
+        print(f"pykubelet: error: {err}", file=sys.stderr)
+        return 1
+    logs.setup(config.verbosity)
+    from .kubelet import Kubelet
+
+    try:
+        asyncio.run(Kubelet(config).run())
+    except BootstrapError as err:
+        logs.get("kubelet").error("Failed to run pykubelet", err=err)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,219 @@
+"""The kubelet's client certificate: TLS bootstrap, and rotation before it expires.
+
+Files follow the upstream kubelet, so `kubeadm join` and operators find them:
+
+    <cert-dir>/kubelet-client-<YYYY-MM-DD-HH-MM-SS>.pem   certificate and key in one file
+    <cert-dir>/kubelet-client-current.pem                 symlink to the newest one
+    --kubeconfig                                          points at kubelet-client-current.pem
+
+Bootstrap: with no usable --kubeconfig, create a CSR (signer
+kubernetes.io/kube-apiserver-client-kubelet, CN system:node:<name>,
+O system:nodes) with the bootstrap credentials, wait until it is approved and
+signed, then write the files. Rotation does the same with the node's own
+credentials when 70-90% of the certificate's lifetime has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from lightkube import AsyncClient, KubeConfig
+from lightkube.models.certificates_v1 import CertificateSigningRequestSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.certificates_v1 import CertificateSigningRequest
+
+from . import logs
+
+log = logs.get(__name__)
+
+SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
+CURRENT = "kubelet-client-current.pem"
+
+
+class BootstrapError(Exception):
+    """The CSR was denied or failed; the message says why."""
+
+
+@dataclass
+class ClientCert:
+    path: Path
+    cert: x509.Certificate
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.cert.not_valid_before_utc
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.cert.not_valid_after_utc
+
+    def rotation_deadline(self, rng: random.Random | None = None) -> dt.datetime:
+        """A jittered point between 70% and 90% of the lifetime, as upstream's certificate manager picks."""
+        lifetime = self.not_after - self.not_before
+        return self.not_before + lifetime * (0.7 + 0.2 * (rng or random).random())
+
+
+def load_current(cert_dir: Path) -> ClientCert | None:
+    """The current client certificate, if present, parseable, holding its key and not expired."""
+    path = cert_dir / CURRENT
+    try:
+        data = path.read_bytes()
+        cert = x509.load_pem_x509_certificate(data)
+        key = serialization.load_pem_private_key(data, None)
+    except (OSError, ValueError) as err:
+        if path.exists() or path.is_symlink():
+            log.warning("Ignoring unusable client certificate", path=path, err=err)
+        return None
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        log.warning("Client certificate and key do not match", path=path)
+        return None
+    if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
+        log.warning("Client certificate has expired", path=path, notAfter=cert.not_valid_after_utc)
+        return None
+    return ClientCert(path, cert)
+
+
+def kubeconfig_usable(kubeconfig: Path) -> bool:
+    """Whether --kubeconfig exists and its client credentials load and have not expired."""
+    try:
+        config = yaml.safe_load(kubeconfig.read_text())
+        user = config["users"][0]["user"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return False
+    if "token" in user:
+        return True
+    cert_ref = user.get("client-certificate")
+    data = (base64.b64decode(user["client-certificate-data"]) if "client-certificate-data" in user
+            else (kubeconfig.parent / cert_ref).read_bytes() if cert_ref and (kubeconfig.parent / cert_ref).exists()
+            else None)
+    if data is None:
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(data)
+    except ValueError:
+        return False
+    return cert.not_valid_after_utc > dt.datetime.now(dt.timezone.utc)
+
+
+def _csr(node_name: str, key: ec.EllipticCurvePrivateKey) -> bytes:
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+async def request_certificate(client: AsyncClient, node_name: str, poll: float = 1.0) -> tuple[bytes, bytes]:
+    """Post a node client CSR and wait until it is signed; returns (certificate PEM, key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    created = await client.create(CertificateSigningRequest(
+        metadata=ObjectMeta(generateName="node-csr-"),
+        spec=CertificateSigningRequestSpec(
+            request=base64.b64encode(_csr(node_name, key)).decode(),
+            signerName=SIGNER,
+            usages=["digital signature", "client auth"],
+        ),
+    ))
+    name = created.metadata.name
+    log.info("Waiting for client certificate", csr=name, signer=SIGNER)
+    while True:
+        csr = await client.get(CertificateSigningRequest, name)
+        status = csr.status
+        for condition in (status.conditions or []) if status else []:
+            if condition.type in ("Denied", "Failed") and condition.status == "True":
+                raise BootstrapError(f"certificate signing request {name} was {condition.type.lower()}: "
+                                     f"{condition.reason}: {condition.message}")
+        if status and status.certificate:
+            key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+            return base64.b64decode(status.certificate), key_pem
+        await asyncio.sleep(poll)
+
+
+def store(cert_dir: Path, cert_pem: bytes, key_pem: bytes) -> ClientCert:
+    """Write a new kubelet-client-<time>.pem and point kubelet-client-current.pem at it atomically."""
+    cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
+    target = cert_dir / f"kubelet-client-{stamp}.pem"
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(cert_pem + key_pem)
+    link = cert_dir / f".{CURRENT}.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target.name)
+    link.replace(cert_dir / CURRENT)
+    return ClientCert(target, x509.load_pem_x509_certificate(cert_pem))
+
+
+def write_kubeconfig(path: Path, bootstrap_kubeconfig: Path, cert_dir: Path) -> None:
+    """A kubeconfig for the node: the bootstrap file's cluster, and the current client certificate."""
+    bootstrap = yaml.safe_load(bootstrap_kubeconfig.read_text())
+    context_name = bootstrap.get("current-context")
+    contexts = {c["name"]: c["context"] for c in bootstrap.get("contexts", [])}
+    cluster_name = contexts.get(context_name, {}).get("cluster") if context_name else None
+    clusters = {c["name"]: c["cluster"] for c in bootstrap["clusters"]}
+    cluster = dict(clusters.get(cluster_name) or next(iter(clusters.values())))
+    ca = cluster.get("certificate-authority")
+    if ca and not os.path.isabs(ca):
+        cluster["certificate-authority"] = str(bootstrap_kubeconfig.parent / ca)
+    current = str((cert_dir / CURRENT).absolute())
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "default-cluster", "cluster": cluster}],
+        "contexts": [{"name": "default-context",
+                      "context": {"cluster": "default-cluster", "namespace": "default", "user": "default-auth"}}],
+        "current-context": "default-context",
+        "users": [{"name": "default-auth", "user": {"client-certificate": current, "client-key": current}}],
+        "preferences": {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    tmp.chmod(0o600)
+    tmp.replace(path)
+
+
+async def bootstrap(kubeconfig: Path, bootstrap_kubeconfig: Path, cert_dir: Path, node_name: str,
+                    max_backoff: float = 30) -> None:
+    """Obtain a client certificate with the bootstrap credentials; retries until it succeeds.
+
+    A bootstrap kubeconfig that cannot be read raises BootstrapError at once; an
+    unreachable apiserver or a denied CSR is logged and tried again with back-off.
+    """
+    try:
+        config = KubeConfig.from_file(str(bootstrap_kubeconfig))
+    except Exception as err:  # noqa: BLE001 - lightkube raises several types for a bad file
+        raise BootstrapError(f"cannot use bootstrap kubeconfig {bootstrap_kubeconfig}: {err}") from err
+    backoff = 1.0
+    current = load_current(cert_dir)
+    while current is None:
+        client = AsyncClient(config=config)
+        try:
+            current = store(cert_dir, *await request_certificate(client, node_name))
+            log.info("Obtained client certificate by TLS bootstrap", path=current.path,
+                     notAfter=current.not_after.isoformat())
+        except Exception as err:  # noqa: BLE001 - apiserver errors and denials: log, back off, try again
+            log.error("TLS bootstrap failed; retrying", err=err, retryIn=f"{backoff:.0f}s")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, max_backoff)
+        finally:
+            await client.close()
+    write_kubeconfig(kubeconfig, bootstrap_kubeconfig, cert_dir)
+    log.info("Wrote kubeconfig", path=kubeconfig)
+
+
+async def rotate(client: AsyncClient, cert_dir: Path, node_name: str) -> ClientCert:
+    """Replace the current client certificate with a new one, using the node's own credentials."""
+    new = store(cert_dir, *await request_certificate(client, node_name))
+    log.info("Rotated client certificate", path=new.path, notAfter=new.not_after.isoformat())
+    return new

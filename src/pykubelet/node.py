@@ -1,0 +1,161 @@
+"""Register the Node and keep its status true: the kubelet's node status manager."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+
+from lightkube.resources.core_v1 import Node
+
+from cri import CRIClient, CRIError
+
+from . import logs, nodestatus
+from .apiclient import Api, is_conflict
+from .config import KubeletConfig, parse_quantity
+
+log = logs.get(__name__)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class NodeManager:
+    def __init__(self, config: KubeletConfig, api: Api, runtime: CRIClient, name: str, ip: str):
+        self.config = config
+        self.api = api
+        self.runtime = runtime
+        self.name = name
+        self.ip = ip
+        self.info = nodestatus.read_machine_info(config.root_dir)
+        self.uid: str | None = None
+        self.runtime_version = ""
+        self.last_sync = time.monotonic()  # for /healthz: the loop is alive
+        self.ready = False
+        self._sent: dict | None = None  # the status last accepted by the apiserver
+        self._sent_key: str | None = None
+        self._sent_at = 0.0
+
+    # ------------------------------------------------------------------ registration
+
+    def desired_node(self) -> dict:
+        spec: dict = {}
+        if self.config.register_with_taints:
+            spec["taints"] = [{"key": t.key, "value": t.value, "effect": t.effect}
+                              for t in self.config.register_with_taints]
+        if self.config.pod_cidr:
+            spec["podCIDR"] = self.config.pod_cidr
+            spec["podCIDRs"] = [self.config.pod_cidr]
+        return {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": self.name,
+                "labels": nodestatus.labels(self.name, self.info.architecture, self.config.node_labels),
+                "annotations": {"volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+            },
+            "spec": spec,
+        }
+
+    async def register(self) -> None:
+        """Create the Node, or reconcile the one a previous run created; retries until it succeeds."""
+        backoff = 0.5
+        while True:
+            try:
+                self.uid = await self._register_once()
+                return
+            except Exception as err:  # noqa: BLE001 - keep trying: the apiserver may come back
+                log.error("Unable to register node with API server", node=self.name, err=err,
+                          retryIn=f"{backoff:.1f}s")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 7)
+
+    async def _register_once(self) -> str:
+        client = self.api.client
+        desired = self.desired_node()
+        try:
+            created = await client.create(Node.from_dict(desired))
+            log.info("Successfully registered node", node=self.name)
+            return created.metadata.uid
+        except Exception as err:
+            if not is_conflict(err):
+                raise
+        existing = await client.get(Node, self.name)
+        patch: dict = {"metadata": {"labels": {k: v for k, v in desired["metadata"]["labels"].items()
+                                               if (existing.metadata.labels or {}).get(k) != v}}}
+        if self.config.pod_cidr and not (existing.spec and existing.spec.podCIDR):
+            patch["spec"] = {"podCIDR": self.config.pod_cidr, "podCIDRs": [self.config.pod_cidr]}
+        if patch["metadata"]["labels"] or "spec" in patch:
+            await client.patch(Node, self.name, patch)
+        log.info("Node was previously registered", node=self.name, uid=existing.metadata.uid)
+        return existing.metadata.uid
+
+    # ------------------------------------------------------------------ status
+
+    async def _runtime_facts(self) -> tuple[list[str], list[dict]]:
+        timeout = min(self.config.runtime_request_timeout, 5)
+        try:
+            if not self.runtime_version:
+                version = await self.runtime.version(timeout=timeout)
+                self.runtime_version = f"{version.runtime_name}://{version.runtime_version}"
+            status = await self.runtime.status(timeout=timeout)
+            images = nodestatus.images(await self.runtime.list_images(timeout=timeout))
+        except CRIError as err:
+            log.warning("Container runtime not responding", endpoint=self.config.container_runtime_endpoint,
+                        err=err)
+            return nodestatus.runtime_problems(None), (self._sent or {}).get("images", [])
+        return nodestatus.runtime_problems(status), images
+
+    async def compute_status(self) -> dict:
+        problems, images = await self._runtime_facts()
+        pressure = nodestatus.measure_pressure(self.config.root_dir, self.config.eviction_hard, parse_quantity)
+        previous = (self._sent or {}).get("conditions", [])
+        return {
+            "conditions": nodestatus.conditions(previous, _now(), ready_problems=problems, pressure=pressure),
+            "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
+            "capacity": nodestatus.capacity(self.info, self.config.max_pods),
+            "allocatable": nodestatus.allocatable(
+                self.info, self.config.max_pods, kube_reserved=self.config.kube_reserved,
+                system_reserved=self.config.system_reserved, eviction_hard=self.config.eviction_hard,
+                parse_quantity=parse_quantity),
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.config.port}},
+            "nodeInfo": nodestatus.node_info(self.info, self.runtime_version),
+            "images": images,
+        }
+
+    @staticmethod
+    def _key(status: dict) -> str:
+        """The status without heartbeat times: what must differ for a change to be worth a patch."""
+        trimmed = dict(status, conditions=[{k: v for k, v in c.items() if k != "lastHeartbeatTime"}
+                                           for c in status["conditions"]])
+        return json.dumps(trimmed, sort_keys=True)
+
+    async def sync_status(self) -> bool:
+        """Patch the status if it changed or the report period passed; True if a patch was sent."""
+        status = await self.compute_status()
+        self.last_sync = time.monotonic()
+        key = self._key(status)
+        due = time.monotonic() - self._sent_at >= self.config.node_status_report_frequency
+        if key == self._sent_key and not due:
+            return False
+        await self.api.client.patch(Node.Status, self.name, {"status": status})
+        changed = key != self._sent_key
+        self._sent, self._sent_key, self._sent_at = status, key, time.monotonic()
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        if ready["status"] == "True" and not self.ready:
+            log.info("Node is ready", node=self.name)
+        elif ready["status"] != "True" and (self.ready or changed):
+            log.warning("Node is not ready", node=self.name, reason=ready["reason"], message=ready["message"])
+        self.ready = ready["status"] == "True"
+        return True
+
+    async def run_status_loop(self) -> None:
+        while True:
+            try:
+                await self.sync_status()
+            except Exception as err:  # noqa: BLE001 - apiserver outages: log and try at the next tick
+                self.last_sync = time.monotonic()
+                self._sent_key = None  # send in full once it is back
+                log.error("Error updating node status, will retry", node=self.name, err=err)
+            await asyncio.sleep(self.config.node_status_update_frequency)

@@ -1,0 +1,77 @@
+"""The node's heartbeat: a Lease in kube-node-lease, renewed every leaseDurationSeconds/4."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+from lightkube.resources.coordination_v1 import Lease
+
+from . import logs
+from .apiclient import Api, is_conflict, is_not_found
+
+log = logs.get(__name__)
+
+NAMESPACE = "kube-node-lease"
+
+
+def micro_time(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class NodeLease:
+    def __init__(self, api: Api, node_name: str, node_uid: str, duration_seconds: int):
+        self.api = api
+        self.node_name = node_name
+        self.node_uid = node_uid
+        self.duration = duration_seconds
+        self.interval = duration_seconds / 4
+        self._lease: dict | None = None  # last written, to update without a GET first
+        self.renewals = 0
+
+    def _desired(self, base: dict | None) -> dict:
+        lease = base or {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": self.node_name, "namespace": NAMESPACE},
+            "spec": {},
+        }
+        lease["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": self.node_name,
+                                                 "uid": self.node_uid}]
+        lease["spec"].update({"holderIdentity": self.node_name, "leaseDurationSeconds": self.duration,
+                              "renewTime": micro_time()})
+        return lease
+
+    async def renew(self) -> None:
+        client = self.api.client
+        if self._lease is None:
+            try:
+                self._lease = (await client.get(Lease, self.node_name, namespace=NAMESPACE)).to_dict()
+            except Exception as err:
+                if not is_not_found(err):
+                    raise
+                created = await client.create(Lease.from_dict(self._desired(None)))
+                self._lease = created.to_dict()
+                self.renewals += 1
+                log.info("Created node lease", lease=f"{NAMESPACE}/{self.node_name}")
+                return
+        try:
+            self._lease = (await client.replace(Lease.from_dict(self._desired(self._lease)))).to_dict()
+            self.renewals += 1
+        except Exception as err:
+            self._lease = None  # read it again next time
+            if not (is_conflict(err) or is_not_found(err)):
+                raise
+
+    async def run(self) -> None:
+        """Renew forever; after a failure retry sooner (200 ms doubling, up to the interval)."""
+        retry = 0.2
+        while True:
+            try:
+                await self.renew()
+                retry = 0.2
+                await asyncio.sleep(self.interval)
+            except Exception as err:  # noqa: BLE001 - an unreachable apiserver must not stop the heartbeat
+                log.warning("Failed to renew node lease", node=self.node_name, err=err, retryIn=f"{retry:.1f}s")
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, self.interval)
