@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from . import cgroups, procs
 from .settings import Node
@@ -21,11 +24,8 @@ PROGRAMS = ("pykubelet", "pyproxy")
 class Agent:
     node: Node
     program: str
+    name: str  # the daemon's name: its pidfile and log file
     pid: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.program}-{self.node.name}"
 
     @property
     def log(self) -> Path:
@@ -47,12 +47,77 @@ def executable(program: str) -> str:
     return found
 
 
-def start(node: Node, program: str, *flags: str) -> Agent:
+def kubelet_dir(node: Node) -> Path:
+    return node.dir / "kubelet"
+
+
+def kubelet_configuration(node: Node) -> dict:
+    """The KubeletConfiguration of a local node: kubeadm's, with the node's own paths and ranges."""
+    cluster = node.cluster
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(cluster.pki / "ca.crt")}},
+        "authorization": {"mode": "Webhook"},
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": node.cgroup_path,
+        "clusterDNS": [cluster.dns_service_ip],
+        "clusterDomain": cluster.cluster_domain,
+        "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
+        "podCIDR": node.pod_cidr,
+        "rotateCertificates": True,
+        "staticPodPath": str(kubelet_dir(node) / "manifests"),
+        "failSwapOn": False,
+    }
+
+
+def kubelet_flags(node: Node) -> list[str]:
+    """Write the node's kubelet config file; return the flags kubeadm's drop-in would pass."""
+    root = kubelet_dir(node)
+    (root / "manifests").mkdir(parents=True, exist_ok=True)
+    config = root / "config.yaml"
+    config.write_text(yaml.safe_dump(kubelet_configuration(node), sort_keys=False))
+    return [
+        f"--config={config}",
+        f"--bootstrap-kubeconfig={node.cluster.bootstrap_kubeconfig}",
+        f"--kubeconfig={root / 'kubelet.conf'}",
+        f"--cert-dir={root / 'pki'}",
+        f"--root-dir={root}",
+        f"--hostname-override={node.name}",
+        f"--node-ip={node.ip}",
+    ]
+
+
+def wait_node_ready(node: Node, timeout: float = 60) -> None:
+    """Wait until the apiserver shows the node Ready; fail naming pykubelet's log."""
+    from lightkube import Client, KubeConfig
+    from lightkube.resources.core_v1 import Node as NodeResource
+
+    client = Client(config=KubeConfig.from_file(str(node.cluster.admin_kubeconfig)))
+    name = f"pykubelet-{node.name}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not procs.running(node.cluster, name):
+            raise procs.UpError(f"{name} exited during start; see {procs.log_path(node.cluster, name)}")
+        try:
+            status = client.get(NodeResource, node.name).status
+            if any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])):
+                return
+        except Exception:  # noqa: BLE001 - not registered yet
+            pass
+        time.sleep(0.5)
+    raise procs.UpError(f"node {node.name} did not become Ready within {timeout:.0f}s; "
+                        f"see {procs.log_path(node.cluster, name)}")
+
+
+def start(node: Node, program: str, *flags: str, instance: str = "") -> Agent:
+    """Start `program` on `node`; `instance` tells apart a second copy (its log is <program>-<instance>-<node>)."""
     if program not in PROGRAMS:
         raise ValueError(f"unknown agent {program!r}; expected one of {PROGRAMS}")
-    name = f"{program}-{node.name}"
+    name = "-".join(filter(None, (program, instance, node.name)))
     if procs.running(node.cluster, name):
         raise procs.UpError(f"{name} is already running")
     pid = procs.start(node.cluster, name, [executable(program), *flags], netns=node.netns,
                       cgroup_procs=tuple(d / "cgroup.procs" for d in cgroups.recorded_dirs(node.dir)))
-    return Agent(node, program, pid)
+    return Agent(node, program, name, pid)

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import bootstrap, cgroups, containerd, controlplane, network, pki, procs
+from . import agents, bootstrap, cgroups, containerd, controlplane, network, pki, procs
 from .settings import Cluster, UPSTREAM_DIR
 
 REQUIRED_TOOLS = {
@@ -56,6 +56,9 @@ def up(cluster: Cluster) -> None:
             network.ensure_node(node)
             containerd.start(node)
             containerd.import_images(node)
+            if not procs.running(cluster, f"pykubelet-{node.name}"):
+                agents.start(node, "pykubelet", *agents.kubelet_flags(node))
+            agents.wait_node_ready(node)
     except (procs.UpError, OSError, subprocess.SubprocessError) as err:
         log(f"up failed: {err}")
         log(f"stopping what up started (logs stay in {cluster.logs})")
@@ -91,6 +94,8 @@ def down(cluster: Cluster, keep_logs: bool = False) -> None:
     `keep_logs` leaves the logs directory, so that a failed `up` can point at them.
     """
     for node in cluster.nodes:
+        for program in agents.PROGRAMS:
+            procs.stop(cluster, f"{program}-{node.name}")
         containerd.stop(node)
     # Whatever the node's containerd left running (shims, containers) sits in the node's cgroups.
     node_dirs = _node_dirs(cluster)
@@ -123,5 +128,6 @@ def env_lines(cluster: Cluster) -> str:
 def status(cluster: Cluster) -> dict[str, bool]:
     state = {name: bool(procs.running(cluster, name)) for name in controlplane.COMPONENTS}
     for node in cluster.nodes:
-        state[f"containerd-{node.name}"] = bool(procs.running(cluster, f"containerd-{node.name}"))
+        for daemon in ("containerd", "pykubelet"):
+            state[f"{daemon}-{node.name}"] = bool(procs.running(cluster, f"{daemon}-{node.name}"))
     return state

@@ -53,11 +53,14 @@ def admin(cluster):
 
 @pytest.fixture
 def agents(cluster):
-    """Call `agents(node, "pykubelet", "--flag", ...)`; every agent started is stopped at teardown."""
+    """Call `agents(node, "pykubelet", "--flag", ..., instance="x")`; every agent started is stopped at teardown.
+
+    The cluster's own pykubelet already runs on each node; `instance` names a second copy.
+    """
     started: list[agent_runner.Agent] = []
 
-    def start(node, program, *flags):
-        agent = agent_runner.start(node, program, *flags)
+    def start(node, program, *flags, instance="test"):
+        agent = agent_runner.start(node, program, *flags, instance=instance)
         started.append(agent)
         return agent
 
