@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import agents, bootstrap, cgroups, containerd, controlplane, network, pki, procs
-from .settings import Cluster, UPSTREAM_DIR
+from .settings import UPSTREAM_DIR, Cluster, Node
 
 REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "containerd": "containerd", "runc": "runc", "ctr": "containerd",
@@ -88,14 +89,25 @@ def _node_dirs(cluster: Cluster) -> list[Path]:
     return sorted(p for p in nodes_dir.iterdir() if p.is_dir()) if nodes_dir.is_dir() else []
 
 
+def known_nodes(cluster: Cluster) -> list[Node]:
+    """The configured nodes and any other local node that left a directory or a namespace behind."""
+    names = {p.name for p in _node_dirs(cluster)} | set(network.node_namespaces())
+    indexes = {n.index for n in cluster.nodes} | {int(m.group(1)) for name in names
+                                                  if (m := re.fullmatch(r"pynode-n(\d+)", name))}
+    return [Node(i, cluster) for i in sorted(indexes)]
+
+
 def down(cluster: Cluster, keep_logs: bool = False) -> None:
     """Stop everything `up` started and remove what it created on the host; idempotent.
 
     `keep_logs` leaves the logs directory, so that a failed `up` can point at them.
     """
-    for node in cluster.nodes:
-        for program in agents.PROGRAMS:
-            procs.stop(cluster, f"{program}-{node.name}")
+    nodes = known_nodes(cluster)
+    for node in nodes:
+        # The node's agents (pykubelet, pyproxy, or an upstream agent a benchmark started) first.
+        for daemon in procs.daemons(cluster):
+            if daemon.endswith(f"-{node.name}") and daemon != f"containerd-{node.name}":
+                procs.stop(cluster, daemon)
         containerd.stop(node)
     # Whatever the node's containerd left running (shims, containers) sits in the node's cgroups.
     node_dirs = _node_dirs(cluster)
@@ -108,7 +120,7 @@ def down(cluster: Cluster, keep_logs: bool = False) -> None:
     controlplane.stop(cluster)
     # Anything still naming the state directory was started by an `up` whose pidfiles are gone.
     procs.kill_and_wait(sorted(procs.mentioning(str(cluster.state))), grace=5)
-    for node in cluster.nodes:
+    for node in nodes:
         procs.kill_and_wait(network.pids_in(node.netns), grace=5)
         network.remove_node(node)
     network.remove_bridge(cluster)

@@ -37,6 +37,12 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
     return _ip("link", "show", "dev", name, netns=netns, check=False).returncode == 0
 
 
+def node_namespaces() -> list[str]:
+    """Network namespaces named like local nodes."""
+    netns_dir = Path("/run/netns")
+    return sorted(p.name for p in netns_dir.glob("pynode-n*")) if netns_dir.is_dir() else []
+
+
 def netns_exists(name: str) -> bool:
     return Path(f"/run/netns/{name}").exists()
 

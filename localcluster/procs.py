@@ -62,6 +62,11 @@ def running(cluster: Cluster, name: str) -> int | None:
     return pid
 
 
+def daemons(cluster: Cluster) -> list[str]:
+    """Names of the daemons that have a pidfile."""
+    return sorted(p.stem for p in cluster.run.glob("*.pid")) if cluster.run.is_dir() else []
+
+
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
