@@ -189,3 +189,31 @@ def test_runtime_outage_turns_ready_false_and_back(joiner, admin, node, cluster)
         containerd.start(node)
     wait_until(lambda: (c := ready_condition(admin)) and c.status == "True", 30, "Ready again")
     assert joiner["agent"].running()
+
+
+def test_client_certificate_rotation_uses_the_nodes_own_credentials(joiner, admin):
+    import asyncio
+
+    from pykubelet import certificates
+    from pykubelet.apiclient import Api
+
+    wait_until(lambda: ready_condition(admin), 60, "the node to register")
+    pki = joiner["dir"] / "pki"
+    before = (pki / certificates.CURRENT).resolve()
+
+    async def rotate():
+        api = Api(joiner["dir"] / "kubelet.conf")
+        try:
+            new = await certificates.rotate(api.client, pki, NAME)
+            await api.reload()
+            return new, (await api.client.get(Node, NAME)).metadata.name
+        finally:
+            await api.close()
+
+    time.sleep(1.1)  # a new file name: they are stamped to the second
+    new, seen = asyncio.run(rotate())
+    assert seen == NAME  # the new certificate authenticates
+    assert (pki / certificates.CURRENT).resolve() == new.path != before
+    old = x509.load_pem_x509_certificate(before.read_bytes())
+    assert new.cert.serial_number != old.serial_number
+    assert new.cert.subject == old.subject
