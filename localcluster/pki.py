@@ -70,53 +70,42 @@ def _read_pair(base: Path) -> Pair:
     return Pair(cert, key)
 
 
-def _ca(cn: str) -> Pair:
-    key = _new_key()
+def _builder(subject: x509.Name, issuer: x509.Name, key: rsa.RSAPrivateKey, days: int, *,
+             ca: bool) -> x509.CertificateBuilder:
+    """What a CA and a leaf certificate share: names, key, validity, constraints and key usage."""
     now = dt.datetime.now(dt.timezone.utc)
-    name = _name(cn)
-    cert = (
+    return (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(subject)
+        .issuer_name(issuer)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, True, False, False, False), critical=True
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
     )
+
+
+def _ca(cn: str) -> Pair:
+    key = _new_key()
+    name = _name(cn)
+    cert = (_builder(name, name, key, CA_DAYS, ca=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
     return Pair(cert, key)
 
 
 def _issue(ca: Pair, leaf: Leaf) -> Pair:
     key = _new_key()
-    now = dt.datetime.now(dt.timezone.utc)
-    usages = []
-    if leaf.server:
-        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-    if leaf.client:
-        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(leaf.cn, leaf.orgs))
-        .issuer_name(ca.cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=LEAF_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()), critical=False
-        )
-    )
+    usages = [oid for wanted, oid in ((leaf.server, ExtendedKeyUsageOID.SERVER_AUTH),
+                                      (leaf.client, ExtendedKeyUsageOID.CLIENT_AUTH)) if wanted]
+    builder = (_builder(_name(leaf.cn, leaf.orgs), ca.cert.subject, key, LEAF_DAYS, ca=False)
+               .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+                              critical=False))
     sans = [x509.DNSName(d) for d in leaf.dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in leaf.ips]
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
