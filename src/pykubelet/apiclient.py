@@ -36,6 +36,15 @@ class Api:
     async def close(self) -> None:
         await self.client.close()
 
+    @property
+    def http(self) -> httpx2.AsyncClient:
+        """The authenticated HTTP client under lightkube, for what lightkube lacks (watch bookmarks).
+
+        lightkube keeps it at AsyncClient._client._client; the version range in
+        pyproject.toml pins that layout.
+        """
+        return self.client._client._client
+
 
 def is_not_found(err: BaseException) -> bool:
     return getattr(getattr(err, "status", None), "code", None) == 404

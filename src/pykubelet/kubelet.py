@@ -15,9 +15,17 @@ from cri import CRIClient
 
 from . import certificates, healthz, logs, nodestatus, systemd
 from .apiclient import Api
-from .config import KubeletConfig
+from .config import KubeletConfig, parse_quantity
+from .events import Recorder
+from .kuberuntime import RuntimeManager
 from .node import NodeManager
 from .nodelease import NodeLease
+from .pleg import Pleg
+from .probemanager import PodProbes
+from .podsource import PodSource
+from .podworkers import PodWorkers
+from .statusmanager import StatusManager
+from .volumes import VolumeManager
 from .version import KUBERNETES_VERSION
 
 log = logs.get(__name__)
@@ -102,6 +110,48 @@ class Kubelet:
                 await api.close()
             systemd.notify("STOPPING=1")
 
+    def _start_pods(self, api: Api, runtime: CRIClient) -> list[asyncio.Task]:
+        """The pod machinery: PLEG, pod workers, status manager, events, and the pod watch."""
+        node = self.node
+        events = Recorder(api, self.name)
+        status = StatusManager(api)
+
+        async def get_object(kind: str, namespace: str, name: str) -> dict | None:
+            response = await api.http.get(f"/api/v1/namespaces/{namespace}/{kind}/{name}")
+            if response.status_code in (403, 404):
+                return None
+            response.raise_for_status()
+            return response.json()
+
+        allocatable = nodestatus.allocatable(
+            node.info, self.config.max_pods, kube_reserved=self.config.kube_reserved,
+            system_reserved=self.config.system_reserved, eviction_hard=self.config.eviction_hard,
+            parse_quantity=parse_quantity)
+        manager = RuntimeManager(cri=runtime, volumes=VolumeManager(api, self.config.root_dir), events=events,
+                                 config=self.config, node_name=self.name, node_ip=self.ip,
+                                 node_allocatable=allocatable, node_memory=node.info.memory, get_object=get_object)
+        workers: PodWorkers | None = None
+        pleg = Pleg(runtime, lambda uid: workers.wake(uid) if workers else None)
+        workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
+                             probe_manager=self._probe_manager(runtime, events))
+        self.workers = workers
+        source = PodSource(api, self.name, replace=workers.replace, update=workers.update, remove=workers.remove)
+
+        async def orphans() -> None:
+            await source.synced.wait()
+            while pleg.last_relist == 0:
+                await asyncio.sleep(0.2)
+            await workers.cleanup_orphans()
+
+        return [asyncio.create_task(events.run(), name="events"),
+                asyncio.create_task(pleg.run(), name="pleg"),
+                asyncio.create_task(source.run(), name="pod-source"),
+                asyncio.create_task(orphans(), name="orphan-cleanup")]
+
+    @staticmethod
+    def _probe_manager(runtime: CRIClient, events: Recorder):
+        return lambda worker: PodProbes(worker, runtime, events)
+
     async def _start(self, runtime: CRIClient, tasks: list[asyncio.Task]) -> Api:
         await self._credentials()
         api = Api(self.config.kubeconfig)
@@ -115,6 +165,7 @@ class Kubelet:
         if self.config.rotate_certificates:
             tasks.append(asyncio.create_task(self._rotate_certificates(api), name="certificate-rotation"))
         tasks.append(asyncio.create_task(systemd.watchdog(lambda: self.healthy()[0]), name="watchdog"))
+        tasks += self._start_pods(api, runtime)
         systemd.notify("READY=1")
         log.info("Node registered; kubelet running", node=self.name)
         return api

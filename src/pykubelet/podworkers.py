@@ -1,0 +1,203 @@
+"""One serialized worker per pod: sync it toward its spec, terminate it, clean it up.
+
+A worker wakes when the pod changes in the API, when the PLEG sees its
+containers change, when a probe result flips, or when a back-off it asked for
+ends (and every resync period regardless). Each wake runs one idempotent step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+from cri import CRIError, api
+
+from . import logs, podstatus
+from .events import NORMAL, WARNING, Recorder
+from .kuberuntime import RuntimeManager, grace_period, pod_ref
+from .pleg import Pleg
+from .podstate import POD_UID
+from .statusmanager import StatusManager
+
+log = logs.get(__name__)
+
+RESYNC = 60.0
+
+
+def _parse_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+class PodWorker:
+    def __init__(self, owner: "PodWorkers", pod: dict):
+        self.owner = owner
+        self.pod = pod
+        self.uid = pod["metadata"]["uid"]
+        self.facts = podstatus.Facts(node_ip=owner.node_ip)
+        self.unhealthy: set[str] = set()
+        self.removed = False  # the API object is gone
+        self.wake_event = asyncio.Event()
+        self.task = asyncio.create_task(self.run(), name=f"pod-{pod_ref(pod)}")
+        self.terminal_status: dict | None = None
+        self.last_step = 0.0  # monotonic end of the last step: the next one needs a newer runtime view
+        self.probes = owner.probe_manager(self) if owner.probe_manager else None
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    async def run(self) -> None:
+        delay: float | None = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self.wake_event.wait(), RESYNC if delay is None else delay)
+            except asyncio.TimeoutError:
+                pass
+            self.wake_event.clear()
+            try:
+                await self.owner.pleg.wait_newer(self.last_step)
+                done, delay = await self.step()
+            except CRIError as err:
+                log.warning("Pod sync failed; runtime unavailable", pod=pod_ref(self.pod), err=err)
+                done, delay = False, 5.0
+            except Exception as err:  # noqa: BLE001 - one pod's trouble must not stop the agent
+                log.error("Pod sync failed", pod=pod_ref(self.pod), err=repr(err))
+                done, delay = False, 10.0
+            self.last_step = time.monotonic()
+            if done:
+                if self.probes:
+                    self.probes.stop()
+                self.owner.finished(self.uid)
+                return
+
+    async def step(self) -> tuple[bool, float | None]:
+        owner, pod = self.owner, self.pod
+        rt = owner.pleg.pod(self.uid)
+        meta = pod["metadata"]
+
+        if self.removed or meta.get("deletionTimestamp"):
+            grace = 0 if self.removed and not meta.get("deletionTimestamp") else grace_period(pod)
+            if rt.running or any(s.state == api.SANDBOX_READY for s in rt.sandboxes):
+                await owner.runtime.kill_pod(pod, rt, grace)
+                return False, 0.5  # wait for the PLEG to see them stop
+            if not self.removed:
+                status = podstatus.compute(pod, rt, self.facts)
+                status["phase"] = self._terminal_phase(status)
+                await owner.status.set(pod, status)
+            await owner.runtime.remove_pod(self.uid, rt)
+            if not self.removed:
+                await owner.status.delete_pod(pod)
+            return True, None
+
+        if self.terminal_status is not None:
+            if rt.running:
+                await owner.runtime.kill_pod(pod, rt)
+            await owner.status.set(pod, self.terminal_status)
+            return False, None
+
+        deadline = pod["spec"].get("activeDeadlineSeconds")
+        started = _parse_time((pod.get("status") or {}).get("startTime"))
+        if deadline is not None and started is not None and time.time() - started > deadline:
+            owner.events.record(pod, WARNING, "DeadlineExceeded",
+                                "Pod was active on the node longer than the specified deadline")
+            await owner.runtime.kill_pod(pod, rt)
+            status = podstatus.compute(pod, owner.pleg.pod(self.uid), self.facts)
+            status.update(phase="Failed", reason="DeadlineExceeded",
+                          message="Pod was active on the node longer than the specified deadline")
+            self.terminal_status = status
+            await owner.status.set(pod, status)
+            return False, None
+
+        delay = await owner.runtime.sync(pod, rt, self.facts, self.unhealthy)
+        if self.probes:
+            self.probes.update(pod, owner.pleg.pod(self.uid))
+        status = podstatus.compute(pod, owner.pleg.pod(self.uid), self.facts)
+        if status["phase"] in ("Succeeded", "Failed") and not owner.pleg.pod(self.uid).running:
+            self.terminal_status = status
+            if any(s.state == api.SANDBOX_READY for s in rt.sandboxes):
+                await owner.runtime.kill_pod(pod, owner.pleg.pod(self.uid))
+        await owner.status.set(pod, status)
+        if deadline is not None and started is not None:
+            left = deadline - (time.time() - started)
+            delay = left if delay is None else min(delay, left)
+        return False, delay
+
+    def _terminal_phase(self, status: dict) -> str:
+        if status["phase"] in ("Succeeded", "Failed"):
+            return status["phase"]
+        codes = [s["state"].get("terminated", {}).get("exitCode") for s in status["containerStatuses"]]
+        return "Succeeded" if codes and all(c == 0 for c in codes) else "Failed"
+
+
+class PodWorkers:
+    def __init__(self, *, runtime: RuntimeManager, pleg: Pleg, status: StatusManager, events: Recorder,
+                 node_ip: str, probe_manager=None):
+        self.runtime = runtime
+        self.pleg = pleg
+        self.status = status
+        self.events = events
+        self.node_ip = node_ip
+        self.probe_manager = probe_manager
+        self.workers: dict[str, PodWorker] = {}
+        self.known_uids: set[str] = set()  # uids the API has shown us since start
+
+    # --- from the pod source
+    def replace(self, pods: list[dict]) -> None:
+        uids = {p["metadata"]["uid"] for p in pods}
+        for uid, worker in list(self.workers.items()):
+            if uid not in uids:
+                worker.removed = True
+                worker.wake()
+        for pod in pods:
+            self.update(pod)
+
+    def update(self, pod: dict) -> None:
+        uid = pod["metadata"]["uid"]
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.workers \
+                and not pod["metadata"].get("deletionTimestamp") and uid not in self.known_uids:
+            self.known_uids.add(uid)
+            return  # finished before we started: nothing to run
+        self.known_uids.add(uid)
+        worker = self.workers.get(uid)
+        if worker is None:
+            log.info("Pod added", pod=pod_ref(pod), uid=uid)
+            self.workers[uid] = PodWorker(self, pod)
+        else:
+            worker.pod = pod
+            worker.wake()
+
+    def remove(self, pod: dict) -> None:
+        worker = self.workers.get(pod["metadata"]["uid"])
+        if worker is not None:
+            worker.pod = pod
+            worker.removed = True
+            worker.wake()
+
+    # --- from the PLEG and probes
+    def wake(self, uid: str) -> None:
+        worker = self.workers.get(uid)
+        if worker is not None:
+            worker.wake()
+
+    def finished(self, uid: str) -> None:
+        self.workers.pop(uid, None)
+
+    async def cleanup_orphans(self) -> None:
+        """Kill and remove what the runtime runs for pods the API no longer has (after a restart, say)."""
+        for uid, rt in list(self.pleg.pods.items()):
+            ours = any(s.ours for s in rt.sandboxes) or any(c.labels.get(POD_UID) for c in rt.containers)
+            if not uid or not ours or uid in self.workers or uid in self.known_uids:
+                continue
+            log.info("Removing pod the API no longer has", uid=uid)
+            await self.runtime.remove_pod(uid, rt)
+
+    async def stop(self) -> None:
+        tasks = [w.task for w in self.workers.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+__all__ = ["PodWorkers", "NORMAL"]

@@ -1,0 +1,124 @@
+"""Probe workers for each pod's running containers, and what their results mean for the pod.
+
+Readiness feeds the container's `ready`; startup gates liveness and readiness
+and feeds `started`; a liveness (or startup) failure marks the container
+unhealthy, records an Unhealthy Event and wakes the pod worker, which restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from cri import CRIClient, CRIError, DeadlineExceeded, api
+
+from . import logs
+from .events import WARNING, Recorder
+from .prober import ProbeWorker, Result
+from .podstate import PodRuntime
+
+log = logs.get(__name__)
+
+KINDS = (("startupProbe", "startup"), ("livenessProbe", "liveness"), ("readinessProbe", "readiness"))
+
+
+class _ContainerProbes:
+    def __init__(self, container_id: str, workers: list[ProbeWorker], tasks: list[asyncio.Task],
+                 started: asyncio.Event):
+        self.container_id = container_id
+        self.workers = workers
+        self.tasks = tasks
+        self.started = started
+
+    def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+
+
+class PodProbes:
+    """The probe workers of one pod; owned by its pod worker."""
+
+    def __init__(self, worker, cri: CRIClient, events: Recorder):
+        self.worker = worker  # the PodWorker: .pod, .facts, .unhealthy, .wake()
+        self.cri = cri
+        self.events = events
+        self.containers: dict[str, _ContainerProbes] = {}
+
+    def _exec_fn(self, container_id: str):
+        async def run(cmd: list[str], timeout: float) -> tuple[int, bytes]:
+            try:
+                result = await self.cri.exec_sync(api.ExecSyncRequest(container_id=container_id, cmd=cmd,
+                                                                      timeout=max(int(timeout), 1)))
+            except DeadlineExceeded as err:
+                raise asyncio.TimeoutError() from err
+            return result.exit_code, result.stdout + result.stderr
+        return run
+
+    def update(self, pod: dict, rt: PodRuntime) -> None:
+        """Start workers for newly running containers; reset or stop those whose container changed."""
+        facts = self.worker.facts
+        for container in pod["spec"].get("containers", []):
+            name = container["name"]
+            record = rt.latest(name)
+            has_probes = any(container.get(key) for key, _ in KINDS)
+            running = record is not None and record.state == api.CONTAINER_RUNNING
+            current = self.containers.get(name)
+            if current and (not running or current.container_id != record.id):
+                current.stop()
+                del self.containers[name]
+                current = None
+            if not running or not has_probes or current:
+                if not running:
+                    facts.ready.pop(name, None)
+                    facts.started.pop(name, None)
+                continue
+            started = asyncio.Event()
+            if not container.get("startupProbe"):
+                started.set()
+            else:
+                facts.started[name] = False
+            if container.get("readinessProbe"):
+                facts.ready[name] = False
+            workers, tasks = [], []
+            for key, kind in KINDS:
+                probe = container.get(key)
+                if not probe:
+                    continue
+                worker = ProbeWorker(kind, probe, container=container, pod_ip=self._pod_ip(rt),
+                                     exec_fn=self._exec_fn(record.id), on_result=self._on_result(name, started),
+                                     started=started, clock=time.time)
+                workers.append(worker)
+                tasks.append(asyncio.create_task(worker.run(record.started_at / 1e9 if record.started_at else 0),
+                                                 name=f"probe-{kind}-{name}"))
+            self.containers[name] = _ContainerProbes(record.id, workers, tasks, started)
+
+    def _pod_ip(self, rt: PodRuntime):
+        def current() -> str:
+            sandbox = self.worker.owner.pleg.pod(self.worker.uid).sandbox
+            return sandbox.ip if sandbox and sandbox.ip else self.worker.owner.node_ip
+        return current
+
+    def _on_result(self, name: str, started: asyncio.Event):
+        def changed(kind: str, result: Result, outcome) -> None:
+            pod, facts = self.worker.pod, self.worker.facts
+            if result == Result.FAILURE:
+                self.events.record(pod, WARNING, "Unhealthy",
+                                   f"{kind.capitalize()} probe failed: {outcome.message if outcome else ''}",
+                                   container=name)
+            if kind == "readiness":
+                facts.ready[name] = result == Result.SUCCESS
+            elif kind == "startup":
+                facts.started[name] = result == Result.SUCCESS
+                if result == Result.SUCCESS:
+                    started.set()
+                elif result == Result.FAILURE:
+                    self.worker.unhealthy.add(name)
+            elif kind == "liveness" and result == Result.FAILURE:
+                self.worker.unhealthy.add(name)
+            self.worker.wake()
+        return changed
+
+    def stop(self) -> None:
+        for probes in self.containers.values():
+            probes.stop()
+        self.containers.clear()
