@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import agents, bootstrap, cgroups, containerd, controlplane, network, pki, procs
+from . import agents, bootstrap, cgroups, containerd, controlplane, images, network, pki, procs, sample
 from .settings import UPSTREAM_DIR, Cluster, Node
 
 REQUIRED_TOOLS = {
@@ -60,6 +60,7 @@ def up(cluster: Cluster) -> None:
             if not procs.running(cluster, f"pykubelet-{node.name}"):
                 agents.start(node, "pykubelet", *agents.kubelet_flags(node))
             agents.wait_node_ready(node)
+        log("sample workload:\n" + sample.run(cluster, images.busybox_name(cluster)))
     except (procs.UpError, OSError, subprocess.SubprocessError) as err:
         log(f"up failed: {err}")
         log(f"stopping what up started (logs stay in {cluster.logs})")

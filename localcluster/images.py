@@ -181,9 +181,14 @@ def pause_image(cluster: Cluster) -> Image:
                  entrypoint=["/pause"], env=[], user="65535:65535")
 
 
+def busybox_name(cluster: Cluster) -> str:
+    """The busybox image name the e2e tests of the pinned version use."""
+    tag = _upstream_fact(cluster, "test/utils/image/manifest.go", r'"busybox",\s*"([^"]+)"')
+    return f"registry.k8s.io/e2e-test-images/busybox:{tag}"
+
+
 def busybox_image(cluster: Cluster) -> Image:
     """Debian's busybox-static with a link per applet, under the name the e2e tests use."""
-    tag = _upstream_fact(cluster, "test/utils/image/manifest.go", r'"busybox",\s*"([^"]+)"')
     busybox = shutil.which("busybox")
     if not busybox:
         raise UpError("images: /bin/busybox is missing (Debian package busybox-static)")
@@ -195,7 +200,7 @@ def busybox_image(cluster: Cluster) -> Image:
         Entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
         Entry("tmp", mode=0o1777), Entry("root", mode=0o700), Entry("home"), Entry("var/log"),
     ]
-    return Image(names=[f"registry.k8s.io/e2e-test-images/busybox:{tag}", "docker.io/library/busybox:latest"],
+    return Image(names=[busybox_name(cluster), "docker.io/library/busybox:latest"],
                  entries=entries, cmd=["sh"])
 
 

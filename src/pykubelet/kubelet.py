@@ -24,6 +24,7 @@ from .pleg import Pleg
 from .probemanager import PodProbes
 from .podsource import PodSource
 from .podworkers import PodWorkers
+from .staticpods import StaticPods
 from .statusmanager import StatusManager
 from .volumes import VolumeManager
 from .version import KUBERNETES_VERSION
@@ -136,6 +137,11 @@ class Kubelet:
                              probe_manager=self._probe_manager(runtime, events))
         self.workers = workers
         source = PodSource(api, self.name, replace=workers.replace, update=workers.update, remove=workers.remove)
+        static = StaticPods(self.config.static_pod_path, self.name, node.uid or "", api,
+                            self.config.file_check_frequency, update=workers.update_static,
+                            remove=workers.remove_static)
+        workers.static = static
+        static.scan()  # before the orphan sweep, so that running static pods are known
 
         async def orphans() -> None:
             await source.synced.wait()
@@ -146,6 +152,7 @@ class Kubelet:
         return [asyncio.create_task(events.run(), name="events"),
                 asyncio.create_task(pleg.run(), name="pleg"),
                 asyncio.create_task(source.run(), name="pod-source"),
+                asyncio.create_task(static.run(), name="static-pods"),
                 asyncio.create_task(orphans(), name="orphan-cleanup")]
 
     @staticmethod

@@ -199,7 +199,8 @@ class RuntimeManager:
     def _message_file(self, pod: dict, container: dict, attempt: int) -> Path:
         path = pod_dir(self.config.root_dir, pod["metadata"]["uid"]) / "containers" / container["name"] / str(attempt)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o666, exist_ok=True)
+        path.touch(exist_ok=True)
+        path.chmod(0o666)  # writable by whatever user the container runs as
         return path
 
     async def start_container(self, pod: dict, container: dict, sandbox_id: str, sandbox_config, pod_ips: list[str],

@@ -18,6 +18,7 @@ from .events import NORMAL, WARNING, Recorder
 from .kuberuntime import RuntimeManager, grace_period, pod_ref
 from .pleg import Pleg
 from .podstate import POD_UID
+from .staticpods import HASH, StaticPods, is_mirror
 from .statusmanager import StatusManager
 
 log = logs.get(__name__)
@@ -32,9 +33,10 @@ def _parse_time(text: str | None) -> float | None:
 
 
 class PodWorker:
-    def __init__(self, owner: "PodWorkers", pod: dict):
+    def __init__(self, owner: "PodWorkers", pod: dict, static: bool = False):
         self.owner = owner
         self.pod = pod
+        self.static = static  # from a manifest file: its API face is the mirror pod
         self.uid = pod["metadata"]["uid"]
         self.facts = podstatus.Facts(node_ip=owner.node_ip)
         self.unhealthy: set[str] = set()
@@ -47,6 +49,21 @@ class PodWorker:
 
     def wake(self) -> None:
         self.wake_event.set()
+
+    def _api_view(self) -> dict | None:
+        """The API object that shows this pod: itself, or for a static pod its mirror (None until it exists)."""
+        return self.owner.mirrors.get(self.uid) if self.static else self.pod
+
+    def _with_api_status(self) -> dict:
+        view = self._api_view()
+        return {**self.pod, "status": (view or {}).get("status") or {}}
+
+    async def _report(self, status: dict) -> None:
+        view = self._api_view()
+        if view is None:
+            await self.owner.static.ensure_mirror(self.pod, None)
+            return
+        await self.owner.status.set(view, status)
 
     async def run(self) -> None:
         delay: float | None = 0.0
@@ -83,42 +100,45 @@ class PodWorker:
                 await owner.runtime.kill_pod(pod, rt, grace)
                 return False, 0.5  # wait for the PLEG to see them stop
             if not self.removed:
-                status = podstatus.compute(pod, rt, self.facts)
+                status = podstatus.compute(self._with_api_status(), rt, self.facts)
                 status["phase"] = self._terminal_phase(status)
                 await owner.status.set(pod, status)
             await owner.runtime.remove_pod(self.uid, rt)
-            if not self.removed:
+            if self.static:
+                if self.uid in owner.mirrors:
+                    await owner.static.delete_mirror(pod)
+            elif not self.removed:
                 await owner.status.delete_pod(pod)
             return True, None
 
         if self.terminal_status is not None:
             if rt.running:
                 await owner.runtime.kill_pod(pod, rt)
-            await owner.status.set(pod, self.terminal_status)
+            await self._report(self.terminal_status)
             return False, None
 
         deadline = pod["spec"].get("activeDeadlineSeconds")
-        started = _parse_time((pod.get("status") or {}).get("startTime"))
+        started = _parse_time((self._with_api_status().get("status") or {}).get("startTime"))
         if deadline is not None and started is not None and time.time() - started > deadline:
             owner.events.record(pod, WARNING, "DeadlineExceeded",
                                 "Pod was active on the node longer than the specified deadline")
             await owner.runtime.kill_pod(pod, rt)
-            status = podstatus.compute(pod, owner.pleg.pod(self.uid), self.facts)
+            status = podstatus.compute(self._with_api_status(), owner.pleg.pod(self.uid), self.facts)
             status.update(phase="Failed", reason="DeadlineExceeded",
                           message="Pod was active on the node longer than the specified deadline")
             self.terminal_status = status
-            await owner.status.set(pod, status)
+            await self._report(status)
             return False, None
 
         delay = await owner.runtime.sync(pod, rt, self.facts, self.unhealthy)
         if self.probes:
             self.probes.update(pod, owner.pleg.pod(self.uid))
-        status = podstatus.compute(pod, owner.pleg.pod(self.uid), self.facts)
+        status = podstatus.compute(self._with_api_status(), owner.pleg.pod(self.uid), self.facts)
         if status["phase"] in ("Succeeded", "Failed") and not owner.pleg.pod(self.uid).running:
             self.terminal_status = status
             if any(s.state == api.SANDBOX_READY for s in rt.sandboxes):
                 await owner.runtime.kill_pod(pod, owner.pleg.pod(self.uid))
-        await owner.status.set(pod, status)
+        await self._report(status)
         if deadline is not None and started is not None:
             left = deadline - (time.time() - started)
             delay = left if delay is None else min(delay, left)
@@ -142,18 +162,41 @@ class PodWorkers:
         self.probe_manager = probe_manager
         self.workers: dict[str, PodWorker] = {}
         self.known_uids: set[str] = set()  # uids the API has shown us since start
+        self.mirrors: dict[str, dict] = {}  # static pod uid (its config hash) -> mirror pod from the API
+        self.static: StaticPods | None = None
 
     # --- from the pod source
     def replace(self, pods: list[dict]) -> None:
         uids = {p["metadata"]["uid"] for p in pods}
+        mirrors = {p["metadata"]["annotations"][HASH] for p in pods if is_mirror(p)}
+        for stale in set(self.mirrors) - mirrors:
+            self.mirrors.pop(stale)
+            self.wake(stale)
         for uid, worker in list(self.workers.items()):
-            if uid not in uids:
+            if uid not in uids and not worker.static:
                 worker.removed = True
                 worker.wake()
         for pod in pods:
             self.update(pod)
 
+    def update_static(self, pod: dict) -> None:
+        uid = pod["metadata"]["uid"]
+        self.known_uids.add(uid)
+        if uid not in self.workers:
+            self.workers[uid] = PodWorker(self, pod, static=True)
+
+    def remove_static(self, pod: dict) -> None:
+        worker = self.workers.get(pod["metadata"]["uid"])
+        if worker is not None:
+            worker.removed = True
+            worker.wake()
+
     def update(self, pod: dict) -> None:
+        if is_mirror(pod):
+            uid = pod["metadata"]["annotations"][HASH]
+            self.mirrors[uid] = pod
+            self.wake(uid)
+            return
         uid = pod["metadata"]["uid"]
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.workers \
                 and not pod["metadata"].get("deletionTimestamp") and uid not in self.known_uids:
@@ -169,6 +212,11 @@ class PodWorkers:
             worker.wake()
 
     def remove(self, pod: dict) -> None:
+        if is_mirror(pod):  # deleted by someone: the static pod's worker makes a new one
+            uid = pod["metadata"]["annotations"][HASH]
+            self.mirrors.pop(uid, None)
+            self.wake(uid)
+            return
         worker = self.workers.get(pod["metadata"]["uid"])
         if worker is not None:
             worker.pod = pod

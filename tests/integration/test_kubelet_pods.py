@@ -222,3 +222,141 @@ def test_active_deadline_fails_the_pod(admin, node, namespace):
     admin.create(make_pod(node, namespace, "deadline", [container()], activeDeadlineSeconds=3))
     pod = wait_pod(admin, namespace, "deadline", lambda p: p.status.phase == "Failed", timeout=40, what="Failed")
     assert pod.status.reason == "DeadlineExceeded"
+
+
+def test_liveness_failure_restarts_the_container_with_an_unhealthy_event(admin, node, namespace):
+    probe = {"exec": {"command": ["sh", "-c", "test ! -e /tmp/broken"]}, "periodSeconds": 1, "failureThreshold": 1}
+    admin.create(make_pod(node, namespace, "liveness", [container(
+        command=["sh", "-c", "sleep 2; touch /tmp/broken; sleep 3600"], livenessProbe=probe)]))
+    pod = wait_pod(admin, namespace, "liveness", lambda p: p.status.containerStatuses
+                   and p.status.containerStatuses[0].restartCount >= 1, timeout=60, what="a restart")
+    unhealthy = [e for e in events_for(admin, namespace, "liveness") if e.reason == "Unhealthy"]
+    assert unhealthy and unhealthy[0].message.startswith("Liveness probe failed")
+    assert "failed liveness probe, will be restarted" in " ".join(
+        e.message for e in events_for(admin, namespace, "liveness") if e.reason == "Killing")
+    assert pod.status.containerStatuses[0].lastState.terminated is not None
+
+
+def test_readiness_drives_the_ready_condition(admin, node, namespace):
+    probe = {"httpGet": {"path": "/", "port": "web"}, "periodSeconds": 1}
+    serve = ["sh", "-c", "sleep 3; mkdir -p /www; echo ok > /www/index.html; httpd -f -p 8080 -h /www"]
+    admin.create(make_pod(node, namespace, "readiness", [container(
+        command=serve, ports=[{"name": "web", "containerPort": 8080}], readinessProbe=probe)]))
+    pod = wait_pod(admin, namespace, "readiness", lambda p: p.status.phase == "Running" and state(p).running,
+                   what="Running")
+    assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "False"
+    assert not pod.status.containerStatuses[0].ready
+    pod = wait_pod(admin, namespace, "readiness", lambda p: p.status.containerStatuses[0].ready, timeout=30,
+                   what="ready")
+    assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+
+
+def test_lifecycle_hooks_and_graceful_termination(admin, node, namespace):
+    hooks = {"postStart": {"exec": {"command": ["sh", "-c", "echo started > /shared/post-start"]}},
+             "preStop": {"exec": {"command": ["sh", "-c", "echo stopping > /shared/pre-stop"]}}}
+    stubborn = ["sh", "-c", "trap '' TERM; while true; do sleep 1; done"]  # ignores SIGTERM: SIGKILL ends it
+    pod = make_pod(node, namespace, "hooks", [container(command=stubborn, lifecycle=hooks,
+                                                        volumeMounts=[{"name": "shared", "mountPath": "/shared"}])],
+                   volumes=[{"name": "shared", "hostPath": {"path": f"/tmp/pynode-hooks-{namespace}",
+                                                            "type": "DirectoryOrCreate"}}],
+                   terminationGracePeriodSeconds=3)
+    admin.create(pod)
+    wait_pod(admin, namespace, "hooks", lambda p: p.status.phase == "Running", what="Running")
+    from pathlib import Path
+    shared = Path(f"/tmp/pynode-hooks-{namespace}")
+    assert (shared / "post-start").read_text() == "started\n"
+    started = time.monotonic()
+    admin.delete(Pod, "hooks", namespace=namespace)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            admin.get(Pod, "hooks", namespace=namespace)
+        except Exception:  # noqa: BLE001
+            break
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+    assert (shared / "pre-stop").read_text() == "stopping\n"
+    assert 2.5 <= elapsed < 15, f"the grace period of 3s was not honoured ({elapsed:.1f}s)"
+    import shutil
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_security_context_and_fallback_termination_message(admin, node, namespace):
+    admin.create(make_pod(node, namespace, "ids", [container(
+        command=["sh", "-c", "id -u > /dev/termination-log; id -g >> /dev/termination-log"],
+        securityContext={"runAsUser": 1234, "runAsGroup": 2345})], restartPolicy="Never"))
+    admin.create(make_pod(node, namespace, "rootless", [container(securityContext={"runAsNonRoot": True})]))
+    admin.create(make_pod(node, namespace, "fallback", [container(
+        command=["sh", "-c", "echo last words; exit 2"], terminationMessagePolicy="FallbackToLogsOnError")],
+        restartPolicy="Never"))
+    ids = wait_pod(admin, namespace, "ids", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    assert state(ids).terminated.message.split() == ["1234", "2345"]
+    rootless = wait_pod(admin, namespace, "rootless", lambda p: state(p) and state(p).waiting
+                        and state(p).waiting.reason == "CreateContainerConfigError", what="the runAsNonRoot check")
+    assert "runAsNonRoot" in state(rootless).waiting.message
+    fallback = wait_pod(admin, namespace, "fallback", lambda p: p.status.phase == "Failed", what="Failed")
+    assert state(fallback).terminated.message.strip() == "last words"
+
+
+def test_resources_become_cgroup_limits(admin, node, namespace):
+    resources = {"requests": {"cpu": "250m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}}
+    script = ("cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us "
+              "/sys/fs/cgroup/cpu/cpu.shares > /dev/termination-log")
+    admin.create(make_pod(node, namespace, "limits", [container(command=["sh", "-c", script], resources=resources)],
+                          restartPolicy="Never"))
+    pod = wait_pod(admin, namespace, "limits", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    assert state(pod).terminated.message.split() == [str(64 << 20), "50000", "256"]
+    assert pod.status.qosClass == "Burstable"
+
+
+def test_static_pods_run_from_manifests_with_mirror_pods(admin, node, cluster):
+    from localcluster import agents, procs
+
+    manifests = agents.kubelet_dir(node) / "manifests"
+    (manifests / "broken.yaml").write_text("kind: Pod\napiVersion: v1\nspec: [\n")
+    (manifests / "static-web.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web, namespace: default}\n"
+        "spec:\n  containers:\n  - {name: web, image: " + BUSYBOX + ", command: [sleep, '3600']}\n")
+    name = f"static-web-{node.name}"
+    try:
+        pod = wait_pod(admin, "default", name, lambda p: p.status and p.status.phase == "Running",
+                       timeout=60, what="the mirror pod Running")
+        annotations = pod.metadata.annotations
+        assert annotations["kubernetes.io/config.source"] == "file"
+        assert annotations["kubernetes.io/config.mirror"] == annotations["kubernetes.io/config.hash"]
+        assert pod.metadata.ownerReferences[0].kind == "Node" and pod.spec.nodeName == node.name
+        first_uid = pod.metadata.uid
+        admin.delete(Pod, name, namespace="default", grace_period=0)
+        recreated = wait_pod(admin, "default", name, lambda p: p.metadata.uid != first_uid, timeout=60,
+                             what="the mirror pod to be recreated")
+        assert recreated.metadata.annotations["kubernetes.io/config.mirror"]
+        log = procs.log_path(cluster, f"pykubelet-{node.name}").read_text()
+        assert "Skipping static pod manifest" in log and "broken.yaml" in log
+    finally:
+        (manifests / "static-web.yaml").unlink(missing_ok=True)
+        (manifests / "broken.yaml").unlink(missing_ok=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            admin.get(Pod, name, namespace="default")
+        except Exception:  # noqa: BLE001 - gone with its manifest
+            return
+        time.sleep(0.5)
+    raise AssertionError("the mirror pod stayed after its manifest was removed")
+
+
+def test_running_pods_survive_a_pykubelet_restart(admin, node, namespace, cluster):
+    from localcluster import agents, procs
+
+    admin.create(make_pod(node, namespace, "survivor", [container()]))
+    before = wait_pod(admin, namespace, "survivor", lambda p: p.status.phase == "Running"
+                      and p.status.containerStatuses[0].ready, what="Running")
+    name = f"pykubelet-{node.name}"
+    procs.stop(cluster, name)
+    agents.start(node, "pykubelet", *agents.kubelet_flags(node))
+    agents.wait_node_ready(node)
+    time.sleep(5)  # a few relists and syncs of the new pykubelet
+    after = admin.get(Pod, "survivor", namespace=namespace)
+    assert after.status.containerStatuses[0].containerID == before.status.containerStatuses[0].containerID
+    assert after.status.containerStatuses[0].restartCount == 0
+    assert after.status.phase == "Running"

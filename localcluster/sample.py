@@ -1,0 +1,51 @@
+"""A small workload `up` runs on the local node, so that a fresh cluster shows pods Running.
+
+A Deployment of two busybox web servers with a readiness probe, in namespace
+`pynode-sample`: scheduled by the real scheduler, run by pykubelet.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import yaml
+
+from .procs import UpError
+from .settings import Cluster
+
+NAMESPACE = "pynode-sample"
+
+
+def manifests(image: str) -> list[dict]:
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+        {"apiVersion": "apps/v1", "kind": "Deployment",
+         "metadata": {"name": "hello", "namespace": NAMESPACE},
+         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "hello"}},
+                  "template": {"metadata": {"labels": {"app": "hello"}},
+                               "spec": {"terminationGracePeriodSeconds": 5, "containers": [{
+                                   "name": "web", "image": image,
+                                   "command": ["sh", "-c", "mkdir -p /www && echo hello from $(hostname) "
+                                               "> /www/index.html && exec httpd -f -p 8080 -h /www"],
+                                   "ports": [{"name": "http", "containerPort": 8080}],
+                                   "readinessProbe": {"httpGet": {"path": "/", "port": "http"},
+                                                      "periodSeconds": 2}}]}}}},
+    ]
+
+
+def _kubectl(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 120):
+    return subprocess.run([str(cluster.bin / "kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}", *args],
+                          input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def run(cluster: Cluster, image: str) -> str:
+    """Apply the sample and wait until it is available; returns `kubectl get pods -o wide` for it."""
+    applied = _kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(image)))
+    if applied.returncode != 0:
+        raise UpError(f"sample workload: kubectl apply failed: {applied.stderr.strip()}")
+    rolled = _kubectl(cluster, "-n", NAMESPACE, "rollout", "status", "deployment/hello", "--timeout=120s",
+                      timeout=150)
+    if rolled.returncode != 0:
+        pods = _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
+        raise UpError(f"sample workload did not become available: {rolled.stderr.strip()}\n{pods}")
+    return _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
