@@ -80,8 +80,8 @@ class RuntimeManager:
         image = container.get("image", "")
         name = container["name"]
         if not image:
-            raise ContainerProblem("InvalidImageName", f'Failed to apply default image tag "": couldn\'t parse '
-                                                       f'image name "": invalid reference format')
+            raise ContainerProblem("InvalidImageName", 'Failed to apply default image tag "": couldn\'t parse '
+                                                       'image name "": invalid reference format')
         spec = api.ImageSpec(image=image)
         present = (await self.cri.image_status(api.ImageStatusRequest(image=spec, verbose=False))).image
         policy = pull_policy(container)

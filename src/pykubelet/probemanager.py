@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cri import CRIClient, CRIError, DeadlineExceeded, api
+from cri import CRIClient, DeadlineExceeded, api
 
 from . import logs
 from .events import WARNING, Recorder

@@ -185,7 +185,7 @@ def test_log_reader_joins_long_lines_from_real_output(node, tmp_path):
     async def scenario():
         async with client(node) as runtime, sandbox(runtime, node, tmp_path) as (sandbox_id, config):
             cid = await start(runtime, sandbox_id, config, "talker", [
-                "sh", "-c", f"echo first; head -c 40000 /dev/zero | tr '\\0' x; echo; echo oops >&2; echo last"])
+                "sh", "-c", "echo first; head -c 40000 /dev/zero | tr '\\0' x; echo; echo oops >&2; echo last"])
 
             async def exited():
                 status = (await runtime.container_status(api.ContainerStatusRequest(container_id=cid))).status

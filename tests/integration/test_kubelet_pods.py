@@ -9,7 +9,7 @@ import uuid
 import pytest
 from lightkube.resources.core_v1 import ConfigMap, Event, Namespace, Pod, Secret
 
-from cri import CRIClient, api
+from cri import CRIClient
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +57,17 @@ def wait_pod(admin, namespace, name, predicate, timeout=60, what="the pod"):
         time.sleep(0.5)
     status = pod.status.to_dict() if pod is not None and pod.status else None
     raise AssertionError(f"timed out waiting for {what}; last status: {status}")
+
+
+def wait_gone(admin, namespace, name, timeout=30, what="the pod to leave the API"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            admin.get(Pod, name, namespace=namespace)
+        except Exception:  # noqa: BLE001 - gone
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events_for(admin, namespace, name):
@@ -181,15 +192,7 @@ def test_deletion_stops_removes_and_deletes_the_pod(admin, node, namespace):
     uid = pod.metadata.uid
     started = time.monotonic()
     admin.delete(Pod, "deleted", namespace=namespace)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            admin.get(Pod, "deleted", namespace=namespace)
-        except Exception:  # noqa: BLE001 - gone
-            break
-        time.sleep(0.3)
-    else:
-        raise AssertionError("the pod was not deleted from the API")
+    wait_gone(admin, namespace, "deleted")
     assert time.monotonic() - started < 15
     assert "Killing" in {e.reason for e in events_for(admin, namespace, "deleted")}
 
@@ -267,13 +270,7 @@ def test_lifecycle_hooks_and_graceful_termination(admin, node, namespace):
     assert (shared / "post-start").read_text() == "started\n"
     started = time.monotonic()
     admin.delete(Pod, "hooks", namespace=namespace)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            admin.get(Pod, "hooks", namespace=namespace)
-        except Exception:  # noqa: BLE001
-            break
-        time.sleep(0.2)
+    wait_gone(admin, namespace, "hooks")
     elapsed = time.monotonic() - started
     assert (shared / "pre-stop").read_text() == "stopping\n"
     assert 2.5 <= elapsed < 15, f"the grace period of 3s was not honoured ({elapsed:.1f}s)"
@@ -335,14 +332,7 @@ def test_static_pods_run_from_manifests_with_mirror_pods(admin, node, cluster):
     finally:
         (manifests / "static-web.yaml").unlink(missing_ok=True)
         (manifests / "broken.yaml").unlink(missing_ok=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            admin.get(Pod, name, namespace="default")
-        except Exception:  # noqa: BLE001 - gone with its manifest
-            return
-        time.sleep(0.5)
-    raise AssertionError("the mirror pod stayed after its manifest was removed")
+    wait_gone(admin, "default", name, timeout=60, what="the mirror pod to go with its manifest")
 
 
 def test_running_pods_survive_a_pykubelet_restart(admin, node, namespace, cluster):
