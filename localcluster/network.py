@@ -25,6 +25,9 @@ from .procs import UpError
 from .settings import Cluster, Node
 
 
+BRIDGE_MAC = "02:70:79:6e:6f:00"  # locally administered; "pyno"
+
+
 def _ip(*args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     argv = ["ip", *(["-n", netns] if netns else []), *args]
     proc = subprocess.run(argv, capture_output=True, text=True)
@@ -76,7 +79,9 @@ def _sysctl(netns: str, key: str, value: str) -> None:
 
 def ensure_bridge(cluster: Cluster) -> None:
     if not _link_exists(cluster.bridge):
-        _ip("link", "add", cluster.bridge, "type", "bridge")
+        # A fixed MAC: a bridge otherwise takes the lowest MAC of its ports, so a node joining or
+        # leaving could change it and cut the other nodes off until their ARP entries expire.
+        _ip("link", "add", cluster.bridge, "address", BRIDGE_MAC, "type", "bridge")
     addr = f"{cluster.host_ip}/{cluster.node_network.prefixlen}"
     if addr not in _ip("-br", "addr", "show", "dev", cluster.bridge).stdout:
         _ip("addr", "add", addr, "dev", cluster.bridge)

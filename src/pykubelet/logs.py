@@ -18,6 +18,8 @@ _LEVELS = {logging.DEBUG: "I", logging.INFO: "I", logging.WARNING: "W", logging.
 
 def _quote(value: object) -> str:
     text = str(value)
+    if isinstance(value, BaseException) and not text:
+        text = type(value).__name__  # some errors (timeouts, say) have no message of their own
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 
 from lightkube.resources.core_v1 import Node
@@ -98,7 +99,10 @@ class NodeManager:
         try:
             if not self.runtime_version:
                 version = await self.runtime.version(timeout=timeout)
-                self.runtime_version = f"{version.runtime_name}://{version.runtime_version}"
+                # As upstream: only the leading numeric part of the version ("1.6.20~ds1" -> "1.6.20").
+                numeric = re.match(r"\d+(\.\d+)*", version.runtime_version)
+                self.runtime_version = f"{version.runtime_name}://" + (
+                    numeric.group(0) if numeric else version.runtime_version)
             status = await self.runtime.status(timeout=timeout)
             images = nodestatus.images(await self.runtime.list_images(timeout=timeout))
         except CRIError as err:
