@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -99,9 +98,18 @@ def write_config(node: Node) -> Path:
 
 
 def healthy(node: Node) -> bool:
-    proc = subprocess.run(["ctr", f"--address={node.containerd_socket}", "version"],
-                          capture_output=True, text=True, timeout=5)
-    return proc.returncode == 0
+    """containerd answers, and so does its CRI plugin (which finishes starting later, after recovering pods)."""
+    from cri import CRIClient, CRIError
+
+    async def cri_version() -> None:
+        async with CRIClient(str(node.containerd_socket), timeout=3) as runtime:
+            await runtime.version()
+
+    try:
+        asyncio.run(cri_version())
+    except CRIError:
+        return False
+    return True
 
 
 def start(node: Node) -> None:

@@ -164,6 +164,7 @@ class PodWorkers:
         self.known_uids: set[str] = set()  # uids the API has shown us since start
         self.mirrors: dict[str, dict] = {}  # static pod uid (its config hash) -> mirror pod from the API
         self.static: StaticPods | None = None
+        self._tasks: set[asyncio.Task] = set()
 
     # --- from the pod source
     def replace(self, pods: list[dict]) -> None:
@@ -194,7 +195,13 @@ class PodWorkers:
     def update(self, pod: dict) -> None:
         if is_mirror(pod):
             uid = pod["metadata"]["annotations"][HASH]
-            self.mirrors[uid] = pod
+            if pod["metadata"].get("deletionTimestamp"):
+                # Someone deleted the mirror: finish that at once; the static pod's worker makes a new one.
+                self.mirrors.pop(uid, None)
+                if self.static is not None:
+                    self._background(self.static.delete_mirror(pod))
+            else:
+                self.mirrors[uid] = pod
             self.wake(uid)
             return
         uid = pod["metadata"]["uid"]
@@ -228,6 +235,11 @@ class PodWorkers:
         worker = self.workers.get(uid)
         if worker is not None:
             worker.wake()
+
+    def _background(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def finished(self, uid: str) -> None:
         self.workers.pop(uid, None)

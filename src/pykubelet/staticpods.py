@@ -122,7 +122,7 @@ class StaticPods:
         if existing is not None:
             if (existing["metadata"].get("annotations") or {}).get(MIRROR) == meta["uid"]:
                 return
-            await self.api.http.request("DELETE", f"{path}/{meta['name']}")
+            await self.delete_mirror(existing)
         response = await self.api.http.post(path, content=json.dumps(self.mirror_of(pod)),
                                             headers={"Content-Type": "application/json"})
         if response.status_code not in (201, 409):
@@ -130,8 +130,11 @@ class StaticPods:
                       err=response.text[:300])
 
     async def delete_mirror(self, pod: dict) -> None:
+        """Delete a mirror pod at once: nothing runs behind it for the API to wait for."""
         meta = pod["metadata"]
-        await self.api.http.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}")
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
+        await self.api.http.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
+                                    content=json.dumps(body), headers={"Content-Type": "application/json"})
 
     async def run(self) -> None:
         while True:
