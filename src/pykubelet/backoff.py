@@ -38,6 +38,11 @@ class Backoff:
         start = entry.last if since is None else since
         return max(0.0, start + entry.delay - self.clock())
 
+    def delay(self, key) -> float:
+        """The current back-off period of `key` (0 if it has none)."""
+        entry = self._entry(key)
+        return entry.delay if entry else 0.0
+
     def failed(self, key, at: float | None = None) -> float:
         """Record a failure (or a restart after one); returns the new delay."""
         entry = self._entry(key)

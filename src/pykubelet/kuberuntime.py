@@ -326,7 +326,7 @@ class RuntimeManager:
         if previous is not None:
             wait = self.crash_backoff.remaining(key, since=previous.finished_at / 1e9 or None)
             if wait:
-                message = f"back-off {self.crash_backoff._entries[key].delay:.0f}s restarting failed container=" \
+                message = f"back-off {self.crash_backoff.delay(key):.0f}s restarting failed container=" \
                           f"{name} pod={pod['metadata']['name']}_{pod['metadata']['namespace']}" \
                           f"({pod['metadata']['uid']})"
                 if facts.waiting.get(name, ("",))[0] != "CrashLoopBackOff":
