@@ -86,7 +86,7 @@ class PodProbes:
                     continue
                 worker = ProbeWorker(kind, probe, container=container, pod_ip=self._pod_ip(rt),
                                      exec_fn=self._exec_fn(record.id), on_result=self._on_result(name, started),
-                                     started=started, clock=time.time)
+                                     started=started, clock=time.time, on_outcome=self._on_outcome(name))
                 workers.append(worker)
                 tasks.append(asyncio.create_task(worker.run(record.started_at / 1e9 if record.started_at else 0),
                                                  name=f"probe-{kind}-{name}"))
@@ -98,13 +98,20 @@ class PodProbes:
             return sandbox.ip if sandbox and sandbox.ip else self.worker.owner.node_ip
         return current
 
+    def _on_outcome(self, name: str):
+        """Every failed probe is an Unhealthy Event (repeats are counted), as upstream records them."""
+        def finished(kind: str, outcome) -> None:
+            if outcome.result == Result.FAILURE:
+                self.events.record(self.worker.pod, WARNING, "Unhealthy",
+                                   f"{kind.capitalize()} probe failed: {outcome.message}", container=name)
+            elif outcome.warning:
+                self.events.record(self.worker.pod, WARNING, "ProbeWarning",
+                                   f"{kind.capitalize()} probe warning: {outcome.message}", container=name)
+        return finished
+
     def _on_result(self, name: str, started: asyncio.Event):
         def changed(kind: str, result: Result, outcome) -> None:
-            pod, facts = self.worker.pod, self.worker.facts
-            if result == Result.FAILURE:
-                self.events.record(pod, WARNING, "Unhealthy",
-                                   f"{kind.capitalize()} probe failed: {outcome.message if outcome else ''}",
-                                   container=name)
+            facts = self.worker.facts
             if kind == "readiness":
                 facts.ready[name] = result == Result.SUCCESS
             elif kind == "startup":

@@ -443,11 +443,13 @@ class ProbeWorker:
 
     def __init__(self, kind: str, probe: dict, *, container: dict, pod_ip: Callable[[], str], exec_fn: ExecFn,
                  on_result: Callable[[str, Result, ProbeOutcome], Awaitable[None] | None],
-                 started: asyncio.Event | None = None, clock: Callable[[], float] = time.monotonic):
+                 started: asyncio.Event | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_outcome: Callable[[str, ProbeOutcome], None] | None = None):
         if kind not in _INITIAL:
             raise ValueError(f"unknown probe kind {kind!r}")
         self.kind, self.probe, self.container = kind, probe, container
         self._pod_ip, self._exec_fn, self._on_result, self._clock = pod_ip, exec_fn, on_result, clock
+        self._on_outcome = on_outcome  # every finished probe (for Unhealthy events), not just result changes
         self._started = started if kind != "startup" else None
         self.initial_delay = float(probe.get("initialDelaySeconds") or 0)
         self.period = float(probe.get("periodSeconds") or 10)
@@ -518,6 +520,8 @@ class ProbeWorker:
             log.warning("Probe errored", probe=self.kind, container=name, output=outcome.message)
             return
         log.debug("Probe", probe=self.kind, container=name, result=result.value, output=outcome.message)
+        if self._on_outcome is not None:
+            self._on_outcome(self.kind, outcome)
         if outcome.warning:
             log.warning("Probe succeeded with a warning", probe=self.kind, container=name, output=outcome.message)
         self._run = self._run + 1 if result is self._last else 1

@@ -350,3 +350,51 @@ def test_running_pods_survive_a_pykubelet_restart(admin, node, namespace, cluste
     assert after.status.containerStatuses[0].containerID == before.status.containerStatuses[0].containerID
     assert after.status.containerStatuses[0].restartCount == 0
     assert after.status.phase == "Running"
+
+
+def test_sandbox_hostname_dns_and_log_directory(admin, node, namespace, cluster):
+    from pathlib import Path
+
+    script = "hostname > /dev/termination-log; cat /etc/resolv.conf >> /dev/termination-log; echo logged"
+    admin.create(make_pod(node, namespace, "sandboxed", [container(command=["sh", "-c", script])],
+                          restartPolicy="Never", hostname="box", subdomain="sub"))
+    pod = wait_pod(admin, namespace, "sandboxed", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    lines = state(pod).terminated.message.splitlines()
+    assert lines[0] == "box"
+    resolv = "\n".join(lines[1:])
+    assert f"nameserver {cluster.dns_service_ip}" in resolv
+    assert f"search {namespace}.svc.cluster.local svc.cluster.local cluster.local" in resolv
+    assert "options ndots:5" in resolv
+    log = Path("/var/log/pods") / f"{namespace}_sandboxed_{pod.metadata.uid}" / "main" / "0.log"
+    assert log.read_text().rstrip().endswith("stdout F logged")
+
+
+def test_host_network_pods_use_the_node_address(admin, node, namespace):
+    admin.create(make_pod(node, namespace, "hostnet", [container()], hostNetwork=True))
+    pod = wait_pod(admin, namespace, "hostnet", lambda p: p.status.phase == "Running", what="Running")
+    assert pod.status.podIP == node.ip
+
+
+def test_sidecar_init_containers_keep_running(admin, node, namespace):
+    sidecar = container(name="sidecar", restartPolicy="Always")
+    admin.create(make_pod(node, namespace, "sidecar", [container()], initContainers=[sidecar]))
+    pod = wait_pod(admin, namespace, "sidecar", lambda p: p.status.phase == "Running"
+                   and state(p) and state(p).running, what="Running")
+    assert pod.status.initContainerStatuses[0].state.running is not None
+    assert {c.type: c.status for c in pod.status.conditions}["Initialized"] == "True"
+
+
+def test_a_probe_aimed_at_a_closed_port_keeps_the_pod_unready(admin, node, namespace):
+    probe = {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 1}
+    admin.create(make_pod(node, namespace, "closedport", [container(readinessProbe=probe)]))
+    wait_pod(admin, namespace, "closedport", lambda p: p.status.phase == "Running", what="Running")
+    deadline = time.monotonic() + 30
+    unhealthy = []
+    while time.monotonic() < deadline and not unhealthy:
+        unhealthy = [e for e in events_for(admin, namespace, "closedport") if e.reason == "Unhealthy"]
+        time.sleep(0.5)
+    assert unhealthy and "Readiness probe failed" in unhealthy[0].message
+    assert "connection refused" in unhealthy[0].message
+    pod = admin.get(Pod, "closedport", namespace=namespace)
+    assert not pod.status.containerStatuses[0].ready
+    assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "False"
