@@ -1,0 +1,331 @@
+"""pyproxy's iptables mode against real kernel tables and real traffic.
+
+Topology, all in network namespaces this module creates (`pyproxy-t<pid>-*`) and
+always deletes: a node namespace with bridge br0 (10.231.0.1/24, the pods' gateway)
+and a veth to a client namespace (node 10.233.0.1, client 10.233.0.2); three pod
+namespaces p1..p3 (10.231.0.11-13) on br0, each running a TCP server on :8080 that
+answers "<name> <peer ip>" and a UDP echo on :5353. Service IPs are 10.232.0.0/16,
+routed to br0 in the node namespace. Rules are rendered by pyproxy and restored in
+the node namespace; every client runs inside a namespace, never on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from pyproxy import iptables as ipt
+from pyproxy.model import endpoints_from_slices, services_from_api
+
+pytestmark = pytest.mark.integration
+
+PREFIX = f"pyproxy-t{os.getpid() % 100000}"
+NODE, CLIENT = f"{PREFIX}-node", f"{PREFIX}-client"
+PODS = {f"p{i}": f"10.231.0.1{i}" for i in (1, 2, 3)}
+NODE_IP, CLIENT_IP, BRIDGE_IP = "10.233.0.1", "10.233.0.2", "10.231.0.1"
+NODE_NAME = "node-a"
+OPTIONS = dict(node_name=NODE_NAME, node_ips=[NODE_IP], cluster_cidr="10.231.0.0/16")
+
+SERVER = r"""
+import socket, sys, threading
+name = sys.argv[1]
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 5353))
+    while True:
+        data, peer = u.recvfrom(2048)
+        u.sendto(name.encode() + b" " + peer[0].encode(), peer)
+threading.Thread(target=udp, daemon=True).start()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080))
+s.listen(128)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    c.sendall(f"{name} {peer[0]}\n".encode())
+    c.close()
+"""
+
+CLIENT_SCRIPT = r"""
+import json, socket, sys, time
+host, port, n, proto = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+out = []
+for _ in range(n):
+    start = time.monotonic()
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=3)
+            data = b""
+            while chunk := s.recv(200):
+                data += chunk
+            s.close()
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(3)
+            s.sendto(b"ping", (host, port))
+            data = s.recv(200)
+            s.close()
+        out.append([data.decode().strip(), time.monotonic() - start])
+    except Exception as exc:
+        out.append(["ERR " + type(exc).__name__, time.monotonic() - start])
+print(json.dumps(out))
+"""
+
+
+def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check, input=input, timeout=60)
+
+
+def nsx(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *argv, check=check)
+
+
+def write_sysctl(ns: str, path: str, value: str) -> None:
+    nsx(ns, "sh", "-c", f"echo {value} > /proc/sys/{path}")
+
+
+@pytest.fixture(scope="module")
+def topo():
+    namespaces = [NODE, CLIENT, *(f"{PREFIX}-{p}" for p in PODS)]
+    servers: list[subprocess.Popen] = []
+    try:
+        for ns in namespaces:
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        write_sysctl(NODE, "net/ipv4/ip_forward", "1")
+        sh("ip", "-n", NODE, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", NODE, "addr", "add", f"{BRIDGE_IP}/24", "dev", "br0")
+        sh("ip", "-n", NODE, "link", "set", "br0", "up")
+        for pod, ip in PODS.items():
+            pns = f"{PREFIX}-{pod}"
+            sh("ip", "-n", NODE, "link", "add", f"veth{pod}", "type", "veth", "peer", "name", "eth0", "netns", pns)
+            sh("ip", "-n", NODE, "link", "set", f"veth{pod}", "master", "br0", "up")
+            sh("bridge", "-n", NODE, "link", "set", "dev", f"veth{pod}", "hairpin", "on")
+            sh("ip", "-n", pns, "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", pns, "link", "set", "eth0", "up")
+            sh("ip", "-n", pns, "route", "add", "default", "via", BRIDGE_IP)
+        sh("ip", "-n", NODE, "link", "add", "vethc", "type", "veth", "peer", "name", "eth0", "netns", CLIENT)
+        sh("ip", "-n", NODE, "addr", "add", f"{NODE_IP}/24", "dev", "vethc")
+        sh("ip", "-n", NODE, "link", "set", "vethc", "up")
+        sh("ip", "-n", CLIENT, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
+        sh("ip", "-n", CLIENT, "link", "set", "eth0", "up")
+        sh("ip", "-n", CLIENT, "route", "add", "default", "via", NODE_IP)
+        # As on a real node: service IPs are routed to the pod bridge; only rules make them answer.
+        sh("ip", "-n", NODE, "route", "add", "10.232.0.0/16", "dev", "br0")
+        bridge_nf = nsx(NODE, "sh", "-c", "test -e /proc/sys/net/bridge/bridge-nf-call-iptables", check=False)
+        has_bridge_nf = bridge_nf.returncode == 0
+        if has_bridge_nf:
+            write_sysctl(NODE, "net/bridge/bridge-nf-call-iptables", "1")
+        for pod in PODS:
+            proc = subprocess.Popen(["ip", "netns", "exec", f"{PREFIX}-{pod}", sys.executable, "-c", SERVER, pod],
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            servers.append(proc)
+            assert proc.stdout.readline().strip() == "ready"
+        for pod, ip in PODS.items():  # plain pod reachability, before any rule
+            assert client(NODE, ip, 8080, 1)[0][0].startswith(pod)
+        yield {"bridge_nf": has_bridge_nf}
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait(timeout=10)
+        for ns in namespaces:
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def client(ns: str, host: str, port: int, n: int, proto: str = "tcp") -> list[list]:
+    out = nsx(ns, sys.executable, "-c", CLIENT_SCRIPT, host, str(port), str(n), proto).stdout
+    return json.loads(out)
+
+
+def replies(results: list[list]) -> Counter:
+    return Counter(r[0].split()[0] for r in results)
+
+
+def service(name: str, ip: str, *, node_port: int | None = None, affinity: bool = False,
+            etp: str = "Cluster") -> dict:
+    ports = [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]
+    if node_port:
+        ports[0]["nodePort"] = node_port
+    spec = {"type": "NodePort" if node_port else "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ports": ports}
+    if node_port:
+        spec["externalTrafficPolicy"] = etp
+    if affinity:
+        spec["sessionAffinity"] = "ClientIP"
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": 300}}
+    return {"metadata": {"namespace": "t", "name": name}, "spec": spec}
+
+
+def slice_for(name: str, pods: list[str], *, node_of: dict[str, str] | None = None, ready=True) -> dict:
+    return {
+        "metadata": {"namespace": "t", "name": f"{name}-abc", "labels": {"kubernetes.io/service-name": name}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+        "endpoints": [{"addresses": [PODS[p]], "conditions": {"ready": ready},
+                       "nodeName": (node_of or {}).get(p, NODE_NAME)} for p in pods],
+    }
+
+
+def program(services: list[dict], slices: list[dict]) -> str:
+    ports = [sp for s in services for sp in services_from_api(s)]
+    return ipt.sync(ports, endpoints_from_slices(slices), netns=NODE, **OPTIONS)
+
+
+def saved() -> str:
+    return nsx(NODE, "iptables-save").stdout
+
+
+def test_cluster_ip_spreads_then_follows_endpoint_changes(topo):
+    web = service("web", "10.232.0.10")
+    program([web], [slice_for("web", ["p1", "p2", "p3"])])
+    results = client(CLIENT, "10.232.0.10", 80, 60)
+    counts = replies(results)
+    assert set(counts) == {"p1", "p2", "p3"}, results
+    assert all(c >= 5 for c in counts.values()), counts
+    udp = replies(client(CLIENT, "10.232.0.10", 53, 30, "udp"))
+    assert set(udp) <= {"p1", "p2", "p3"} and len(udp) >= 2, udp
+    # A pod in the cluster CIDR reaches the ClusterIP too (needs br_netfilter for the reply path).
+    if topo["bridge_nf"]:
+        assert set(replies(client(f"{PREFIX}-p3", "10.232.0.10", 80, 20))) <= {"p1", "p2", "p3"}
+
+    program([web], [slice_for("web", ["p2"])])
+    assert replies(client(CLIENT, "10.232.0.10", 80, 20)) == Counter({"p2": 20})
+    # Not-ready endpoints get no traffic.
+    program([web], [slice_for("web", ["p1"]), slice_for("web", ["p3"], ready=False) | {
+        "metadata": {"namespace": "t", "name": "web-def", "labels": {"kubernetes.io/service-name": "web"}}}])
+    assert replies(client(CLIENT, "10.232.0.10", 80, 20)) == Counter({"p1": 20})
+
+
+def test_service_without_endpoints_is_rejected_quickly(topo):
+    program([service("empty", "10.232.0.20")], [])
+    results = client(CLIENT, "10.232.0.20", 80, 3)
+    for text, elapsed in results:
+        assert text == "ERR ConnectionRefusedError", results
+        assert elapsed < 1.0, results
+    assert "empty:http has no endpoints" in saved()
+
+
+def test_nodeport_on_node_ip_and_localhost(topo):
+    program([service("np", "10.232.0.30", node_port=30080)], [slice_for("np", ["p1", "p2", "p3"])])
+    counts = replies(client(CLIENT, NODE_IP, 30080, 45))
+    assert set(counts) == {"p1", "p2", "p3"}, counts
+    # From the node itself, on its own IP and on 127.0.0.1 (route_localnet is set by apply).
+    assert set(replies(client(NODE, NODE_IP, 30080, 10))) <= {"p1", "p2", "p3"}
+    local = client(NODE, "127.0.0.1", 30080, 5)
+    assert all(r[0].split()[0] in PODS for r in local), local
+    # External traffic is masqueraded: the pod sees the node's bridge address, not the client.
+    seen_from = {r[0].split()[1] for r in client(CLIENT, NODE_IP, 30080, 5)}
+    assert seen_from == {BRIDGE_IP}
+
+
+def test_nodeport_external_traffic_policy_local(topo):
+    # p1 and p2 run on this node, p3 elsewhere: external traffic only reaches local endpoints.
+    nodes = {"p1": NODE_NAME, "p2": NODE_NAME, "p3": "node-b"}
+    program([service("local", "10.232.0.31", node_port=30081, etp="Local")],
+            [slice_for("local", ["p1", "p2", "p3"], node_of=nodes)])
+    counts = replies(client(CLIENT, NODE_IP, 30081, 30))
+    assert set(counts) == {"p1", "p2"}, counts
+    # ...and keep the client's source address.
+    assert {r[0].split()[1] for r in client(CLIENT, NODE_IP, 30081, 5)} == {CLIENT_IP}
+    # The ClusterIP still uses every endpoint.
+    assert set(replies(client(CLIENT, "10.232.0.31", 80, 45))) == {"p1", "p2", "p3"}
+
+
+def test_hairpin(topo):
+    if not topo["bridge_nf"]:
+        pytest.skip("br_netfilter is not available (no /proc/sys/net/bridge/bridge-nf-call-iptables in the "
+                    "node namespace): bridged traffic bypasses iptables, so hairpin cannot be tested")
+    program([service("self", "10.232.0.40")], [slice_for("self", ["p1"])])
+    results = client(f"{PREFIX}-p1", "10.232.0.40", 80, 5)
+    # p1 reaches itself through its service, masqueraded to the bridge address so the reply returns.
+    assert [r[0] for r in results] == [f"p1 {BRIDGE_IP}"] * 5, results
+
+
+def test_client_ip_affinity_sticks(topo):
+    program([service("sticky", "10.232.0.50", affinity=True)], [slice_for("sticky", ["p1", "p2", "p3"])])
+    counts = replies(client(CLIENT, "10.232.0.50", 80, 30))
+    assert len(counts) == 1 and sum(counts.values()) == 30, counts
+    udp = replies(client(CLIENT, "10.232.0.50", 53, 10, "udp"))
+    assert len(udp) == 1, udp
+
+
+def test_deleting_a_service_removes_its_chains(topo):
+    keep, gone = service("keep", "10.232.0.60"), service("gone", "10.232.0.61", node_port=30082)
+    program([keep, gone], [slice_for("keep", ["p1"]), slice_for("gone", ["p2", "p3"])])
+    gone_ports = services_from_api(gone)
+    gone_chains = {ipt.svc_chain(sp) for sp in gone_ports} | {ipt.ext_chain(sp) for sp in gone_ports if sp.node_port}
+    eps = endpoints_from_slices([slice_for("gone", ["p2", "p3"])])
+    gone_chains |= {ipt.sep_chain(sp, ep) for sp in gone_ports for ep in eps[sp.key]}
+    before = saved()
+    assert all(f":{c} " in before for c in gone_chains), gone_chains
+    assert set(replies(client(CLIENT, "10.232.0.61", 80, 30))) == {"p2", "p3"}
+
+    program([keep], [slice_for("keep", ["p1"])])
+    after = saved()
+    for chain in gone_chains:
+        assert chain not in after
+    assert "t/gone" not in after
+    assert replies(client(CLIENT, "10.232.0.60", 80, 5)) == Counter({"p1": 5})
+    # Gone: nothing catches its IP any more, so the connection goes nowhere (no pod owns it).
+    assert client(CLIENT, "10.232.0.61", 80, 1)[0][0].startswith("ERR")
+    # Only the service chains we keep remain, and the jumps from the built-ins exist once each.
+    chains = ipt.existing_nat_chains(NODE)
+    assert {c for c in chains if ipt.is_service_chain(c)} == {
+        c for sp in services_from_api(keep) for c in
+        (ipt.svc_chain(sp), *(ipt.sep_chain(sp, ep) for ep in endpoints_from_slices(
+            [slice_for("keep", ["p1"])])[sp.key]))}
+    assert after.count("-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES") == 1
+
+
+def test_resync_is_idempotent(topo):
+    svcs, slices = [service("web", "10.232.0.10")], [slice_for("web", ["p1", "p2"])]
+    program(svcs, slices)
+    first = _rules_only(saved())
+    program(svcs, slices)
+    assert _rules_only(saved()) == first
+
+
+def _rules_only(text: str) -> list[str]:
+    """iptables-save without its comment lines and packet counters."""
+    return [re.sub(r"\[\d+:\d+\]", "", line) for line in text.splitlines() if not line.startswith("#")]
+
+
+def test_external_ip_and_load_balancer_source_ranges(topo):
+    def lb(name: str, ip: str, ranges: list[str]) -> dict:
+        s = service(name, ip, node_port=None)
+        s["spec"].update(type="LoadBalancer", loadBalancerSourceRanges=ranges,
+                         externalIPs=[ip.replace("10.232.0.", "10.232.1.")])
+        s["status"] = {"loadBalancer": {"ingress": [{"ip": ip.replace("10.232.0.", "10.232.2.")}]}}
+        return s
+    allowed, denied = lb("allowed", "10.232.0.70", ["10.233.0.0/24"]), lb("denied", "10.232.0.71", ["10.231.0.0/16"])
+    program([allowed, denied], [slice_for("allowed", ["p1", "p2"]), slice_for("denied", ["p3"])])
+    assert set(replies(client(CLIENT, "10.232.1.70", 80, 30))) == {"p1", "p2"}  # externalIP
+    assert set(replies(client(CLIENT, "10.232.2.70", 80, 30))) == {"p1", "p2"}  # LB IP, client in range
+    assert replies(client(CLIENT, "10.232.1.71", 80, 3)) == Counter({"p3": 3})  # externalIPs are not filtered
+    blocked = client(CLIENT, "10.232.2.71", 80, 1)  # LB IP, client outside the source ranges: dropped
+    assert blocked[0][0] == "ERR TimeoutError", blocked
+    # ...and it was KUBE-PROXY-FIREWALL that dropped it.
+    [dropped] = [line for line in nsx(NODE, "iptables-save", "-c", "-t", "filter").stdout.splitlines()
+                 if "t/denied:http traffic not accepted by" in line]
+    assert not dropped.startswith("[0:"), dropped
+
+
+def test_other_rules_in_builtin_chains_survive(topo):
+    """--noflush: our restore never flushes PREROUTING/POSTROUTING/FORWARD rules that others own."""
+    foreign = [("nat", "POSTROUTING", "-s", "10.231.99.0/24", "-m", "comment", "--comment", "someone-else",
+                "-j", "RETURN"),
+               ("filter", "FORWARD", "-s", "10.231.99.0/24", "-m", "comment", "--comment", "someone-else",
+                "-j", "ACCEPT")]
+    for table, chain, *rule in foreign:
+        nsx(NODE, "iptables", "-w", "-t", table, "-A", chain, *rule)
+    program([service("web", "10.232.0.10")], [slice_for("web", ["p1"])])
+    program([service("web", "10.232.0.10")], [slice_for("web", ["p2"])])
+    for table, chain, *rule in foreign:
+        assert nsx(NODE, "iptables", "-w", "-t", table, "-C", chain, *rule, check=False).returncode == 0
+    assert replies(client(CLIENT, "10.232.0.10", 80, 5)) == Counter({"p2": 5})
