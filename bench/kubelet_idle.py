@@ -15,186 +15,21 @@ goes to stdout and, with the machine's facts, to bench/results/kubelet-idle.md.
 from __future__ import annotations
 
 import argparse
-import base64
 import dataclasses
 import datetime
-import os
-import platform
-import shlex
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import psutil
-import yaml
 
-from localcluster import agents, cgroups, containerd, network, procs, settings
-from localcluster import cluster as local
-from localcluster.settings import Node
+from localcluster import procs, settings
+
+from .nodes import (MIB, admin_client, bring_up, cleanup, cluster_with_second_node, daemon, interrupt_on_signals,
+                    log, machine_facts, pods_on, prepare, ready_since, started_at, usage, wait_ready)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kubelet-idle.md"
-MIB = 1024 * 1024
-
-# The host-wide sysctls the upstream kubelet insists on (setupKernelTunables in
-# pkg/kubelet/cm/container_manager_linux.go): it rewrites any that differ, or, with
-# protectKernelDefaults, refuses to start. See `isolated`.
-KERNEL_TUNABLES = {
-    "vm/overcommit_memory": 1, "vm/panic_on_oom": 0, "kernel/panic": 10, "kernel/panic_on_oops": 1,
-    "kernel/keys/root_maxkeys": 1000000, "kernel/keys/root_maxbytes": 25000000,
-}
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-# --- the upstream kubelet on a second node ------------------------------------------------------
-
-def daemon(node: Node) -> str:
-    return f"kubelet-{node.name}"
-
-
-def upstream_configuration(node: Node) -> dict:
-    """pykubelet's KubeletConfiguration, plus what the upstream kubelet needs in this sandbox."""
-    root = agents.kubelet_dir(node)
-    return {
-        **agents.kubelet_configuration(node),
-        # The host mounts the cgroup v1 controllers (v2 only as the hybrid "unified" extra), and
-        # since 1.35 the kubelet refuses to start on cgroup v1 unless told it may.
-        "failCgroupV1": False,
-        # Both default to host paths (/var/log/pods, /usr/libexec/kubernetes/kubelet-plugins/...)
-        # that the kubelet creates at start; keep them in the node's directory, which cleanup removes.
-        "podLogsDir": str(root / "pod-logs"),
-        "volumePluginDir": str(root / "volume-plugins"),
-        # Keeps pods that others create during the run (the test suite's, say) off this node, so
-        # that it stays idle and no one's pod depends on a node that goes away.
-        "registerWithTaints": [{"key": "pynode.dev/bench", "value": "upstream-kubelet", "effect": "NoSchedule"}],
-    }
-
-
-def isolated(node: Node, argv: list[str]) -> list[str]:
-    """`argv` in a mount namespace of its own, in which the kubelet cannot change the host.
-
-    There, the host-wide sysctls of KERNEL_TUNABLES read as the kubelet wants them (files
-    bind-mounted over /proc/sys), so it writes none of them; and /var/log is an empty tmpfs,
-    so the /var/log/containers it always creates (a fixed path) is not created on the host.
-    Host mounts still propagate in (slave), none propagate out. Everything is exec'd, so the
-    pid procs.start records is the kubelet's.
-    """
-    fake = node.dir / "sysctl"
-    fake.mkdir(parents=True, exist_ok=True)
-    steps = []
-    for key, value in KERNEL_TUNABLES.items():
-        (fake / key.replace("/", ".")).write_text(f"{value}\n")
-        steps.append(f"mount --bind {shlex.quote(str(fake / key.replace('/', '.')))} /proc/sys/{key}")
-    steps += ["mount -t tmpfs -o size=1m tmpfs /var/log", 'exec "$@"']
-    return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", " && ".join(steps), "sh", *argv]
-
-
-def start_upstream(node: Node) -> int:
-    flags = agents.kubelet_flags(node)  # exactly pykubelet's flags; this writes pykubelet's config.yaml ...
-    config = agents.kubelet_dir(node) / "config.yaml"  # ... which the upstream configuration replaces
-    config.write_text(yaml.safe_dump(upstream_configuration(node), sort_keys=False))
-    argv = isolated(node, [str(node.cluster.bin / "kubelet"), *flags])
-    return procs.start(node.cluster, daemon(node), argv, netns=node.netns,
-                       cgroup_procs=tuple(d / "cgroup.procs" for d in cgroups.recorded_dirs(node.dir)))
-
-
-def bring_up(node: Node) -> None:
-    network.ensure_node(node)
-    containerd.start(node)
-    containerd.import_images(node)
-    start_upstream(node)
-
-
-def leftovers(node: Node) -> bool:
-    return node.dir.exists() or network.netns_exists(node.netns) or bool(procs.running(node.cluster, daemon(node)))
-
-
-def remove_node(node: Node) -> None:
-    """Stop one local node and remove what it put on the host: `down`, for one node (idempotent)."""
-    cluster = node.cluster
-    for name in procs.daemons(cluster):
-        if name.endswith(f"-{node.name}") and name != f"containerd-{node.name}":
-            procs.stop(cluster, name)
-    containerd.stop(node)
-    procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(cgroups.recorded_dirs(node.dir)))), grace=0)
-    procs.kill_and_wait(network.pids_in(node.netns), grace=5)
-    local.unmount_all(node.dir)
-    network.remove_node(node)
-    stuck = cgroups.remove([node.dir])
-    if stuck:
-        log(f"could not remove cgroups (still in use?): {' '.join(map(str, stuck))}")
-    shutil.rmtree(node.dir, ignore_errors=True)
-
-
-def delete_node_objects(client, name: str) -> None:
-    """Delete the Node, its Lease and the CSRs of its client certificates."""
-    from cryptography import x509
-    from lightkube import ApiError
-    from lightkube.resources.certificates_v1 import CertificateSigningRequest
-    from lightkube.resources.coordination_v1 import Lease
-    from lightkube.resources.core_v1 import Node as NodeResource
-
-    doomed = [(NodeResource, name, None), (Lease, name, "kube-node-lease")]
-    for csr in client.list(CertificateSigningRequest):
-        request = x509.load_pem_x509_csr(base64.b64decode(csr.spec.request))
-        names = request.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        if names and names[0].value == f"system:node:{name}":
-            doomed.append((CertificateSigningRequest, csr.metadata.name, None))
-    for resource, object_name, namespace in doomed:
-        try:
-            client.delete(resource, object_name, **({"namespace": namespace} if namespace else {}))
-        except ApiError as err:
-            if err.status.code != 404:
-                raise
-
-
-# --- the API ------------------------------------------------------------------------------------
-
-def ready_since(client, name: str) -> datetime.datetime | None:
-    """When node `name` became Ready, or None while it is not (or not registered)."""
-    from lightkube import ApiError
-    from lightkube.resources.core_v1 import Node as NodeResource
-
-    try:
-        conditions = client.get(NodeResource, name).status.conditions or []
-    except ApiError:
-        return None
-    return next((c.lastTransitionTime for c in conditions if c.type == "Ready" and c.status == "True"), None)
-
-
-def wait_ready(client, cluster, kubelets: dict[str, str], timeout: float = 120) -> None:
-    """Wait until every node is Ready; `kubelets` maps a node's name to its kubelet's daemon name."""
-    deadline = time.monotonic() + timeout
-    pending = dict(kubelets)
-    while pending:
-        for node_name, name in list(pending.items()):
-            if not procs.running(cluster, name):
-                raise procs.UpError(f"{name} is not running; see {procs.log_path(cluster, name)}")
-            if ready_since(client, node_name):
-                del pending[node_name]
-        if pending and time.monotonic() > deadline:
-            raise procs.UpError(" ".join(f"{n} not Ready after {timeout:.0f}s; see {procs.log_path(cluster, d)}."
-                                         for n, d in pending.items()))
-        time.sleep(0.5)
-
-
-def pods_on(client, name: str) -> int:
-    from lightkube.resources.core_v1 import Pod
-
-    return len(list(client.list(Pod, namespace="*", fields={"spec.nodeName": name})))
-
-
-def started_at(pid: int) -> float:
-    """A process's wall-clock start, to 10 ms (psutil's create_time counts from a boot time in whole seconds)."""
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -215,15 +50,7 @@ class Agent:
         if procs.running(cluster, self.daemon) != self.pid:
             raise procs.UpError(f"{self.daemon} (pid {self.pid}) stopped or was restarted during the measurement; "
                                 f"see {procs.log_path(cluster, self.daemon)}")
-        proc = psutil.Process(self.pid)
-        times = proc.cpu_times()
-        rss, cpu = proc.memory_info().rss, times.user + times.system + times.children_user + times.children_system
-        for child in proc.children(recursive=True):
-            try:
-                rss += child.memory_info().rss
-                cpu += sum(child.cpu_times()[:2])
-            except psutil.NoSuchProcess:
-                pass
+        rss, cpu = usage(self.pid)
         self.times.append(time.monotonic())
         self.rss.append(rss)
         self.cpu.append(cpu)
@@ -274,23 +101,6 @@ def table(kubelets: list[Agent]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_facts(cluster, pykubelet_pid: int) -> dict[str, str]:
-    def output(*argv: str) -> str:
-        return subprocess.run(argv, capture_output=True, text=True).stdout.strip()
-
-    return {
-        "nproc": str(os.cpu_count()),
-        "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
-        "kernel": platform.release(),
-        "cgroups": "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1 (hybrid)",
-        "Kubernetes": f"{cluster.version} (upstream kubelet: {output(str(cluster.bin / 'kubelet'), '--version')})",
-        "containerd": output("containerd", "--version"),
-        # The interpreter pykubelet runs on, from its own command line.
-        "python": output(psutil.Process(pykubelet_pid).cmdline()[0], "--version"),
-        "pynode": output("git", "-C", str(settings.REPO), "describe", "--always", "--dirty"),
-    }
-
-
 def report(kubelets: list[Agent], facts: dict[str, str], args, pods: dict[str, int], busy: float) -> str:
     ticks = len(kubelets[0].times)
     return (
@@ -339,17 +149,6 @@ def run(cluster, client, args) -> str:
     return report(kubelets, machine_facts(cluster, kubelets[0].pid), args, pods, busy)
 
 
-def cleanup(node: Node, client) -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-    log(f"removing {node.name}")
-    remove_node(node)
-    try:
-        delete_node_objects(client, node.name)
-    except Exception as err:  # noqa: BLE001 - the apiserver may be gone; say so and go on
-        log(f"could not delete the Node, Lease or CSRs of {node.name}: {err}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kubelet_idle", description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=300, help="seconds to measure (default 300)")
@@ -359,27 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.interval <= 0 or args.warmup < 0:
         parser.error("--duration and --interval must be positive, --warmup not negative")
 
-    base = settings.load()
-    stopped = [name for name, ok in local.status(base).items() if not ok]
-    if stopped:
-        print(f"bench: the local cluster is not up ({', '.join(stopped)} not running); start it with `make up`",
-              file=sys.stderr)
+    cluster = cluster_with_second_node()
+    if cluster is None:
         return 1
-    cluster = dataclasses.replace(base, node_count=2)
     node = cluster.nodes[1]
-    from lightkube import Client, KubeConfig
-
-    client = Client(config=KubeConfig.from_file(str(cluster.admin_kubeconfig)))
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # clean up on each as on Ctrl-C ...
-        if signal.getsignal(sig) is not signal.SIG_IGN:  # ... unless we were told to ignore it (nohup, &)
-            signal.signal(sig, signal.default_int_handler)
+    client = admin_client(cluster)
+    interrupt_on_signals()
     try:
-        log("building the upstream kubelet (cached after the first time)")
-        local.build_upstream(cluster, ["kubelet"])
-        if leftovers(node):
-            log(f"removing the {node.name} an earlier run left behind")
-            remove_node(node)
-            delete_node_objects(client, node.name)
+        prepare(node, client)
         text = run(cluster, client, args)
     except (procs.UpError, psutil.NoSuchProcess) as err:
         print(f"bench: {err}", file=sys.stderr)

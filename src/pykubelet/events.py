@@ -85,4 +85,6 @@ class Recorder:
             try:
                 await self._send(*item)
             except Exception as err:  # noqa: BLE001 - an event is not worth more than a log line
-                log.warning("Unable to write event", reason=item[2], err=err)
+                forbidden = getattr(getattr(err, "response", None), "status_code", None) == 403
+                # 403: most often a namespace being deleted, which refuses new objects; not worth a warning.
+                (log.debug if forbidden else log.warning)("Unable to write event", reason=item[2], err=err)

@@ -13,7 +13,7 @@ import asyncio
 import time
 from pathlib import Path
 
-from cri import CRIClient, CRIError, api
+from cri import CRIClient, CRIError, NotFound, api
 
 from . import dns, envvars, logs, qos, runtime_config
 from .backoff import Backoff
@@ -476,6 +476,8 @@ class RuntimeManager:
             try:
                 await self.cri.stop_pod_sandbox(api.StopPodSandboxRequest(pod_sandbox_id=sandbox.id))
                 await self.cri.remove_pod_sandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id))
+            except NotFound:
+                pass  # already gone: that is what we wanted
             except CRIError as err:
                 log.warning("Removing sandbox failed", sandbox=sandbox.id, err=err)
         self.volumes.cleanup(uid)
