@@ -125,9 +125,10 @@ class RuntimeManager:
                                         cluster_domain=self.config.cluster_domain,
                                         host_resolv_conf=Path("/etc/resolv.conf"), node_ips=[self.node_ip],
                                         warnings=warnings)
+            # No hostname for host-network pods: they share the node's UTS namespace, and runc refuses
+            # to set a hostname there (the pod sees the node's own name, as upstream).
             config = runtime_config.sandbox_config(pod, attempt=attempt, cgroup_parent=cgroup_parent,
-                                                   dns=dns_config, node_hostname=self.node_name,
-                                                   cluster_domain=self.config.cluster_domain)
+                                                   dns=dns_config, cluster_domain=self.config.cluster_domain)
         except envvars.ConfigProblem as problem:
             self.events.record(pod, WARNING, "FailedCreatePodSandBox", f"Failed to create pod sandbox: {problem}")
             raise ContainerProblem(problem.reason, str(problem)) from problem
