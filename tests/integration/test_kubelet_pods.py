@@ -398,3 +398,21 @@ def test_a_probe_aimed_at_a_closed_port_keeps_the_pod_unready(admin, node, names
     pod = admin.get(Pod, "closedport", namespace=namespace)
     assert not pod.status.containerStatuses[0].ready
     assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "False"
+
+
+def test_host_port_reaches_the_pod(admin, node, namespace):
+    import subprocess
+    import sys
+
+    serve = ["sh", "-c", "mkdir -p /www; echo via-host-port > /www/index.html; httpd -f -p 8080 -h /www"]
+    admin.create(make_pod(node, namespace, "hostport", [container(
+        command=serve, ports=[{"containerPort": 8080, "hostPort": 18080}],
+        readinessProbe={"tcpSocket": {"port": 8080}, "periodSeconds": 1})]))
+    wait_pod(admin, namespace, "hostport", lambda p: p.status.containerStatuses
+             and p.status.containerStatuses[0].ready, what="ready")
+    fetch = ("import urllib.request; print(urllib.request.urlopen("
+             f"'http://{node.ip}:18080/', timeout=5).read().decode().strip())")
+    # From inside the node's namespace, where the CNI portmap rules live.
+    result = subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", sys.executable, "-c", fetch],
+                            capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "via-host-port", result.stderr
