@@ -24,10 +24,10 @@ from pathlib import Path
 
 import psutil
 
-from localcluster import procs, settings
+from localcluster import procs
 
-from .nodes import (MIB, admin_client, bring_up, cleanup, cluster_with_second_node, daemon, interrupt_on_signals,
-                    log, machine_facts, pods_on, prepare, ready_since, started_at, usage, wait_ready)
+from .nodes import (MIB, bring_up, daemon, log, machine_facts, pods_on, ready_since, run_beside_upstream, started_at,
+                    usage, wait_ready)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kubelet-idle.md"
 
@@ -158,27 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.interval <= 0 or args.warmup < 0:
         parser.error("--duration and --interval must be positive, --warmup not negative")
 
-    cluster = cluster_with_second_node()
-    if cluster is None:
-        return 1
-    node = cluster.nodes[1]
-    client = admin_client(cluster)
-    interrupt_on_signals()
-    try:
-        prepare(node, client)
-        text = run(cluster, client, args)
-    except (procs.UpError, psutil.NoSuchProcess) as err:
-        print(f"bench: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        cleanup(node, client)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    log(f"written to {RESULTS.relative_to(settings.REPO)}")
-    return 0
+    return run_beside_upstream(RESULTS, lambda cluster, node, client: run(cluster, client, args))
 
 
 if __name__ == "__main__":

@@ -269,3 +269,33 @@ def machine_facts(cluster, pykubelet_pid: int) -> dict[str, str]:
         "python": output(psutil.Process(pykubelet_pid).cmdline()[0], "--version"),
         "pynode": output("git", "-C", str(settings.REPO), "describe", "--always", "--dirty"),
     }
+
+
+def run_beside_upstream(results: Path, body, *, errors: tuple = (), teardown=None) -> int:
+    """The frame of a benchmark: add pynode-n2 with the upstream kubelet, run `body(cluster, node, client)`
+    (which returns the report), always remove pynode-n2 (after `teardown(client, node)` if given), and
+    write the report to `results`. Returns the exit status."""
+    cluster = cluster_with_second_node()
+    if cluster is None:
+        return 1
+    node = cluster.nodes[1]
+    client = admin_client(cluster)
+    interrupt_on_signals()
+    try:
+        prepare(node, client)
+        text = body(cluster, node, client)
+    except (procs.UpError, psutil.NoSuchProcess, *errors) as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if teardown is not None:
+            teardown(client, node)
+        cleanup(node, client)
+    results.parent.mkdir(exist_ok=True)
+    results.write_text(text)
+    log(f"written to {results.relative_to(settings.REPO)}")
+    return 0
+

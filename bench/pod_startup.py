@@ -34,11 +34,11 @@ from lightkube.models.core_v1 import Container, PodSpec, ResourceRequirements
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, ServiceAccount
 
-from localcluster import procs, settings
+from localcluster import procs
 from localcluster.settings import Node
 
-from .nodes import (MIB, admin_client, bring_up, cleanup, cluster_with_second_node, daemon, interrupt_on_signals,
-                    log, machine_facts, pods_on, prepare, started_at, usage, wait_ready)
+from .nodes import (MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage,
+                    wait_ready)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pod-startup.md"
 IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # imported into both nodes' containerd
@@ -398,32 +398,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a batch may take to be all Running (default 120 + 2 per pod)")
     args = parser.parse_args(argv)
 
-    cluster = cluster_with_second_node()
-    if cluster is None:
-        return 1
-    node = cluster.nodes[1]
-    client = admin_client(cluster)
-    interrupt_on_signals()
-    try:
-        prepare(node, client)
+    def body(cluster, node, client) -> str:
         if stale := ours(client):
             log(f"deleting the namespaces an earlier run left behind: {', '.join(stale)}")
             delete_namespaces(client, stale, timeout=120)
-        text = run(cluster, client, args)
-    except (procs.UpError, psutil.NoSuchProcess, ApiError) as err:
-        print(f"bench: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        remove_batches(client, node)
-        cleanup(node, client)
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
-    log(f"written to {RESULTS.relative_to(settings.REPO)}")
-    return 0
+        return run(cluster, client, args)
 
+    return run_beside_upstream(RESULTS, body, errors=(ApiError,), teardown=remove_batches)
 
 def remove_batches(client, node: Node) -> None:
     """After an error or Ctrl-C: delete the batches still there, while pynode-n2's kubelet can still stop its pods."""
