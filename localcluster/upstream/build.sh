@@ -23,7 +23,7 @@ programs=("$@")
 [[ ${#programs[@]} -gt 0 ]] || programs=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
 # The stamp ties each cached binary to the exact dependency set it was built from.
-stamp=$(sha256sum "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)
+stamp=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)  # content only, not the clone's path
 missing=()
 for p in "${programs[@]}"; do
   grep -qx "	k8s.io/kubernetes/cmd/$p" "$here/go.mod" || { echo "build.sh: unknown program '$p' (not a tool line in go.mod)" >&2; exit 2; }
