@@ -8,12 +8,11 @@ within ten minutes bumps the existing Event's count instead of making a new one.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import secrets
 import time
 
-from . import logs
+from . import logs, timestamps
 from .apiclient import Api
 
 log = logs.get(__name__)
@@ -21,10 +20,6 @@ log = logs.get(__name__)
 NORMAL, WARNING = "Normal", "Warning"
 REPEAT_WINDOW = 600.0
 QUEUE_SIZE = 1000
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Recorder:
@@ -52,7 +47,7 @@ class Recorder:
         namespace = involved["namespace"]
         key = (involved["uid"], involved.get("fieldPath"), kind, reason, message)
         seen = self._seen.get(key)
-        now = _now()
+        now = timestamps.now()
         if seen and time.monotonic() - seen[2] < REPEAT_WINDOW:
             name, count = seen[0], seen[1] + 1
             response = await self.api.http.patch(

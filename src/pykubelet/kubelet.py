@@ -40,7 +40,6 @@ class Kubelet:
         self.name = nodestatus.node_name(config.hostname_override)
         self.ip = config.node_ip or nodestatus.default_node_ip()
         self.node: NodeManager | None = None
-        self.started = time.monotonic()
 
     def healthy(self) -> tuple[bool, str]:
         if self.node is None:

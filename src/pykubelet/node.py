@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import re
 import time
@@ -12,15 +11,11 @@ from lightkube.resources.core_v1 import Node
 
 from cri import CRIClient, CRIError
 
-from . import logs, nodestatus
+from . import logs, nodestatus, timestamps
 from .apiclient import Api, is_conflict
 from .config import KubeletConfig, parse_quantity
 
 log = logs.get(__name__)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class NodeManager:
@@ -116,7 +111,7 @@ class NodeManager:
         pressure = nodestatus.measure_pressure(self.config.root_dir, self.config.eviction_hard, parse_quantity)
         previous = (self._sent or {}).get("conditions", [])
         return {
-            "conditions": nodestatus.conditions(previous, _now(), ready_problems=problems, pressure=pressure),
+            "conditions": nodestatus.conditions(previous, timestamps.now(), ready_problems=problems, pressure=pressure),
             "addresses": [{"type": "InternalIP", "address": self.ip}, {"type": "Hostname", "address": self.name}],
             "capacity": nodestatus.capacity(self.info, self.config.max_pods),
             "allocatable": nodestatus.allocatable(

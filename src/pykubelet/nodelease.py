@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 
 from lightkube.resources.coordination_v1 import Lease
 
-from . import logs
+from . import logs, timestamps
 from .apiclient import Api, is_conflict, is_not_found
 
 log = logs.get(__name__)
 
 NAMESPACE = "kube-node-lease"
-
-
-def micro_time(now: dt.datetime | None = None) -> str:
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class NodeLease:
@@ -39,7 +33,7 @@ class NodeLease:
         lease["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "Node", "name": self.node_name,
                                                  "uid": self.node_uid}]
         lease["spec"].update({"holderIdentity": self.node_name, "leaseDurationSeconds": self.duration,
-                              "renewTime": micro_time()})
+                              "renewTime": timestamps.micro_now()})
         return lease
 
     async def renew(self) -> None:

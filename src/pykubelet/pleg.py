@@ -41,7 +41,6 @@ class Pleg:
         record.started_at, record.finished_at = status.started_at, status.finished_at
         record.exit_code, record.reason, record.message = status.exit_code, status.reason, status.message
         record.image_ref = status.image_ref
-        record.detailed = True
 
     async def wait_newer(self, since: float) -> None:
         """Wait for a relist that started after `since`, asking for one at once.

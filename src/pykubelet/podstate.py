@@ -32,7 +32,6 @@ class Container:
     reason: str = ""
     message: str = ""
     image_ref: str = ""
-    detailed: bool = False
 
     @property
     def restart_count(self) -> int:

@@ -6,22 +6,13 @@ container statuses as the upstream kubelet would.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 
 from cri import api
 
+from . import timestamps
 from .podstate import Container, PodRuntime
-
-
-def rfc3339(ns: int) -> str | None:
-    if not ns:
-        return None
-    return dt.datetime.fromtimestamp(ns / 1e9, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+from .timestamps import from_ns
 
 
 @dataclass
@@ -44,8 +35,8 @@ def _terminated(record: Container, facts: Facts) -> dict:
     state = {
         "exitCode": record.exit_code,
         "reason": record.reason or ("Completed" if record.exit_code == 0 else "Error"),
-        "startedAt": rfc3339(record.started_at),
-        "finishedAt": rfc3339(record.finished_at),
+        "startedAt": from_ns(record.started_at),
+        "finishedAt": from_ns(record.finished_at),
         "containerID": f"containerd://{record.id}",
     }
     message = facts.messages.get(record.id) or record.message
@@ -68,7 +59,7 @@ def container_status(spec: dict, rt: PodRuntime, facts: Facts, *, not_started: s
     status["containerID"] = f"containerd://{latest.id}"
     status["imageID"] = latest.image_ref
     if latest.state == api.CONTAINER_RUNNING:
-        status["state"] = {"running": {"startedAt": rfc3339(latest.started_at)}}
+        status["state"] = {"running": {"startedAt": from_ns(latest.started_at)}}
         status["started"] = facts.started.get(name, True)
         status["ready"] = status["started"] and facts.ready.get(name, True)
         if previous is not None and previous.state == api.CONTAINER_EXITED:
@@ -131,7 +122,7 @@ def phase(pod: dict, init_statuses: list[dict], statuses: list[dict]) -> str:
 def _condition(kind: str, ok: bool, previous: dict, reason: str = "", message: str = "") -> dict:
     status = "True" if ok else "False"
     old = previous.get(kind)
-    transition = old["lastTransitionTime"] if old and old.get("status") == status else now()
+    transition = old["lastTransitionTime"] if old and old.get("status") == status else timestamps.now()
     condition = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": transition}
     if not ok and reason:
         condition["reason"] = reason
@@ -182,7 +173,7 @@ def compute(pod: dict, rt: PodRuntime, facts: Facts) -> dict:
         "conditions": conditions,
         "hostIP": facts.node_ip,
         "hostIPs": [{"ip": facts.node_ip}],
-        "startTime": old.get("startTime") or now(),
+        "startTime": old.get("startTime") or timestamps.now(),
         "qosClass": facts.qos_class,
         "containerStatuses": statuses,
     }

@@ -8,13 +8,12 @@ ends (and every resync period regardless). Each wake runs one idempotent step.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 
 from cri import CRIError, api
 
-from . import logs, podstatus
-from .events import NORMAL, WARNING, Recorder
+from . import logs, podstatus, timestamps
+from .events import WARNING, Recorder
 from .kuberuntime import RuntimeManager, grace_period, pod_ref
 from .pleg import Pleg
 from .podstate import POD_UID
@@ -24,12 +23,6 @@ from .statusmanager import StatusManager
 log = logs.get(__name__)
 
 RESYNC = 60.0
-
-
-def _parse_time(text: str | None) -> float | None:
-    if not text:
-        return None
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 class PodWorker:
@@ -118,7 +111,7 @@ class PodWorker:
             return False, None
 
         deadline = pod["spec"].get("activeDeadlineSeconds")
-        started = _parse_time((self._with_api_status().get("status") or {}).get("startTime"))
+        started = timestamps.parse((self._with_api_status().get("status") or {}).get("startTime"))
         if deadline is not None and started is not None and time.time() - started > deadline:
             owner.events.record(pod, WARNING, "DeadlineExceeded",
                                 "Pod was active on the node longer than the specified deadline")
@@ -259,5 +252,3 @@ class PodWorkers:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-
-__all__ = ["PodWorkers", "NORMAL"]

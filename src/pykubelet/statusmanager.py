@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from . import logs
-from .apiclient import Api, is_not_found
+from .apiclient import Api
 
 log = logs.get(__name__)
 
@@ -21,7 +20,6 @@ class StatusManager:
     def __init__(self, api: Api):
         self.api = api
         self._sent: dict[str, str] = {}  # pod uid -> last status patched
-        self._lock = asyncio.Lock()
 
     async def set(self, pod: dict, status: dict) -> bool:
         """Patch the pod's status if it changed; True when a patch went out. API errors propagate."""
@@ -56,5 +54,3 @@ class StatusManager:
         self.forget(meta["uid"])
         log.info("Deleted pod from the API", pod=f"{meta['namespace']}/{meta['name']}")
 
-
-__all__ = ["StatusManager", "is_not_found"]
