@@ -6,6 +6,7 @@ loops ask `Api.client` for the current client on every use instead of keeping on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx2
@@ -35,6 +36,16 @@ class Api:
 
     async def close(self) -> None:
         await self.client.close()
+
+    async def delete_pod_now(self, namespace: str, name: str, uid: str | None = None) -> None:
+        """Delete a pod with grace period 0 (optionally only if it still has `uid`); gone already is fine."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        response = await self.http.request("DELETE", f"/api/v1/namespaces/{namespace}/pods/{name}",
+                                           content=json.dumps(body), headers={"Content-Type": "application/json"})
+        if response.status_code not in (404, 409):
+            response.raise_for_status()
 
     @property
     def http(self) -> httpx2.AsyncClient:

@@ -72,6 +72,7 @@ class RuntimeManager:
         self.get_object = get_object  # async (kind, namespace, name) -> dict | None, for env references
         self.crash_backoff = Backoff()
         self.image_backoff = Backoff()
+        self._sandbox_configs: dict[tuple[str, int], api.PodSandboxConfig] = {}  # (pod uid, attempt) -> config
 
     # ------------------------------------------------------------------ images
 
@@ -117,7 +118,11 @@ class RuntimeManager:
     # ------------------------------------------------------------------ sandbox
 
     def _sandbox_config(self, pod: dict, attempt: int, report: bool = False) -> api.PodSandboxConfig:
-        """The sandbox config; `report` turns DNS warnings into Events (once, when the sandbox is made)."""
+        """The sandbox config, built once per sandbox attempt (CreateContainer wants it on every call);
+        `report` turns DNS warnings into Events, when the sandbox is made."""
+        key = (pod["metadata"]["uid"], attempt)
+        if key in self._sandbox_configs:
+            return self._sandbox_configs[key]
         warnings: list[tuple[str, str]] = []
         try:
             cgroup_parent = qos.pod_cgroup_parent(self.config.cgroup_root, pod)
@@ -135,6 +140,8 @@ class RuntimeManager:
         if report:
             for reason, message in warnings:
                 self.events.record(pod, WARNING, reason, message)
+        self._sandbox_configs = {k: v for k, v in self._sandbox_configs.items() if k[0] != key[0]}
+        self._sandbox_configs[key] = config
         return config
 
     async def create_sandbox(self, pod: dict, rt: PodRuntime) -> tuple[str, api.PodSandboxConfig]:
@@ -482,5 +489,6 @@ class RuntimeManager:
             except CRIError as err:
                 log.warning("Removing sandbox failed", sandbox=sandbox.id, err=err)
         self.volumes.cleanup(uid)
+        self._sandbox_configs = {k: v for k, v in self._sandbox_configs.items() if k[0] != uid}
         self.crash_backoff.forget_prefix(uid)
         self.image_backoff.forget_prefix(uid)

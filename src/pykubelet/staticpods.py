@@ -132,9 +132,7 @@ class StaticPods:
     async def delete_mirror(self, pod: dict) -> None:
         """Delete a mirror pod at once: nothing runs behind it for the API to wait for."""
         meta = pod["metadata"]
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}
-        await self.api.http.request("DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
-                                    content=json.dumps(body), headers={"Content-Type": "application/json"})
+        await self.api.delete_pod_now(meta["namespace"], meta["name"])
 
     async def run(self) -> None:
         while True:

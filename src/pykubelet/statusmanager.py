@@ -44,13 +44,7 @@ class StatusManager:
     async def delete_pod(self, pod: dict) -> None:
         """Delete the pod object with grace period 0 once it is fully terminated, as upstream does."""
         meta = pod["metadata"]
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
-                "preconditions": {"uid": meta["uid"]}}
-        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}"
-        response = await self.api.http.request("DELETE", path, content=json.dumps(body),
-                                               headers={"Content-Type": "application/json"})
-        if response.status_code not in (404, 409):
-            response.raise_for_status()
+        await self.api.delete_pod_now(meta["namespace"], meta["name"], meta["uid"])
         self.forget(meta["uid"])
         log.info("Deleted pod from the API", pod=f"{meta['namespace']}/{meta['name']}")
 
