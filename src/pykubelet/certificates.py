@@ -33,7 +33,7 @@ from lightkube.models.certificates_v1 import CertificateSigningRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.certificates_v1 import CertificateSigningRequest
 
-from . import logs
+from nodeagent import logs
 
 log = logs.get(__name__)
 

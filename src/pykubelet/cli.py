@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from . import logs
+from nodeagent import logs
+
 from .version import KUBERNETES_VERSION
 
 

@@ -12,7 +12,9 @@ import json
 import secrets
 import time
 
-from . import logs, timestamps
+from nodeagent import logs
+
+from . import timestamps
 from .apiclient import Api
 
 log = logs.get(__name__)

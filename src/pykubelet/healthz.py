@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from . import logs
+from nodeagent import logs
 
 log = logs.get(__name__)
 

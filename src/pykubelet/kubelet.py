@@ -13,7 +13,10 @@ import time
 
 from cri import CRIClient
 
-from . import certificates, healthz, logs, nodestatus, systemd
+from nodeagent import logs, systemd
+from nodeagent.listwatch import ListWatch
+
+from . import certificates, healthz, nodestatus
 from .apiclient import Api
 from .config import KubeletConfig, parse_quantity
 from .events import Recorder
@@ -22,7 +25,6 @@ from .node import NodeManager
 from .nodelease import NodeLease
 from .pleg import Pleg
 from .probemanager import PodProbes
-from .podsource import PodSource
 from .podworkers import PodWorkers
 from .staticpods import StaticPods
 from .statusmanager import StatusManager
@@ -135,7 +137,9 @@ class Kubelet:
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
                              probe_manager=self._probe_manager(runtime, events))
         self.workers = workers
-        source = PodSource(api, self.name, replace=workers.replace, update=workers.update, remove=workers.remove)
+        source = ListWatch(lambda: api.http, "/api/v1/pods", kind="Pod",
+                           params={"fieldSelector": f"spec.nodeName={self.name}"},
+                           replace=workers.replace, update=workers.update, remove=workers.remove)
         static = StaticPods(self.config.static_pod_path, self.name, node.uid or "", api,
                             self.config.file_check_frequency, update=workers.update_static,
                             remove=workers.remove_static)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from cri import CRIClient, CRIError, NotFound, api
 
-from . import dns, envvars, logs, qos, runtime_config
+from nodeagent import logs
+
+from . import dns, envvars, qos, runtime_config
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podstate import Container, PodRuntime

@@ -11,8 +11,11 @@ from lightkube.resources.core_v1 import Node
 
 from cri import CRIClient, CRIError
 
-from . import logs, nodestatus, timestamps
-from .apiclient import Api, is_conflict
+from nodeagent import logs
+from nodeagent.apiclient import is_conflict
+
+from . import nodestatus, timestamps
+from .apiclient import Api
 from .config import KubeletConfig, parse_quantity
 
 log = logs.get(__name__)

@@ -6,8 +6,11 @@ import asyncio
 
 from lightkube.resources.coordination_v1 import Lease
 
-from . import logs, timestamps
-from .apiclient import Api, is_conflict, is_not_found
+from nodeagent import logs
+from nodeagent.apiclient import is_conflict, is_not_found
+
+from . import timestamps
+from .apiclient import Api
 
 log = logs.get(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from cri import CRIClient, CRIError, api
 
-from . import logs
+from nodeagent import logs
 from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime, Sandbox
 
 log = logs.get(__name__)

@@ -12,7 +12,9 @@ import time
 
 from cri import CRIError, api
 
-from . import logs, podstatus, timestamps
+from nodeagent import logs
+
+from . import podstatus, timestamps
 from .events import WARNING, Recorder
 from .kuberuntime import RuntimeManager, grace_period, pod_ref
 from .pleg import Pleg

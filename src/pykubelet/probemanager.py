@@ -12,7 +12,7 @@ import time
 
 from cri import CRIClient, DeadlineExceeded, api
 
-from . import logs
+from nodeagent import logs
 from .events import WARNING, Recorder
 from .prober import ProbeWorker, Result
 from .podstate import PodRuntime

@@ -27,7 +27,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import grpc
 
-from . import envvars, logs
+from nodeagent import logs
+
+from . import envvars
 from .version import KUBERNETES_VERSION
 
 log = logs.get(__name__)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from . import logs
+from nodeagent import logs
 from .apiclient import Api
 
 log = logs.get(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from . import logs
+from nodeagent import logs
 from .apiclient import Api
 
 log = logs.get(__name__)

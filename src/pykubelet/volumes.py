@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import logs
+from nodeagent import logs
 from .apiclient import Api
 
 log = logs.get(__name__)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from pyproxy.model import Endpoint, ServicePort
+from pyproxy.topology import categorize
 
 log = logging.getLogger("pyproxy")
 
@@ -122,31 +123,6 @@ def _is_v4(ip: str) -> bool:
         return False
 
 
-def categorize(svc: ServicePort, endpoints: Sequence[Endpoint], node_name: str):
-    """Upstream's CategorizeEndpoints without topology: (cluster, local, reachable, has_any)."""
-    cluster: list[Endpoint] = []
-    local: list[Endpoint] = []
-    has_any = False
-    if svc.uses_cluster_endpoints:
-        cluster = [e for e in endpoints if e.ready]
-        if not cluster:
-            cluster = [e for e in endpoints if e.serving and e.terminating]
-        has_any = bool(cluster)
-    if not svc.uses_local_endpoints:
-        return cluster, local, cluster, has_any
-    for e in endpoints:
-        if e.ready or (e.serving and e.terminating):
-            has_any = True
-    local = [e for e in endpoints if e.node_name == node_name and e.ready]
-    if not local:
-        local = [e for e in endpoints if e.node_name == node_name and e.serving and e.terminating]
-    if not svc.uses_cluster_endpoints:
-        return cluster, local, local, has_any
-    seen = {str(e) for e in cluster}
-    reachable = list(cluster) + [e for e in local if str(e) not in seen]
-    return cluster, local, reachable, has_any
-
-
 class _Table:
     def __init__(self) -> None:
         self.chains: list[str] = []
@@ -160,7 +136,7 @@ class _Table:
 
 
 def render(services: Iterable[ServicePort], endpoints: Mapping[tuple[str, str, str], Sequence[Endpoint]], *,
-           node_name: str, node_ips: Sequence[str], cluster_cidr: str | None = None,
+           node_name: str, node_ips: Sequence[str], zone: str = "", cluster_cidr: str | None = None,
            masquerade_all: bool = False, nodeport_addresses: Sequence[str] | None = None,
            localhost_nodeports: bool = True, existing_chains: Iterable[str] = ()) -> str:
     """iptables-restore input (filter and nat) for these services; restore it with --noflush.
@@ -193,7 +169,8 @@ def render(services: Iterable[ServicePort], endpoints: Mapping[tuple[str, str, s
     for svc in ordered:
         proto = svc.protocol.lower()
         name = svc.name_string
-        cluster_eps, local_eps, reachable, has_eps = categorize(svc, endpoints.get(svc.key, ()), node_name)
+        picked = categorize(svc, endpoints.get(svc.key, ()), node_name, zone)
+        cluster_eps, local_eps, reachable, has_eps = picked.cluster, picked.local, picked.reachable, picked.has_any
         svc_c, svl_c, ext_c, fw_c = svc_chain(svc), svl_chain(svc), ext_chain(svc), fw_chain(svc)
         uses_cluster_chain = bool(cluster_eps) and svc.uses_cluster_endpoints
         uses_local_chain = bool(local_eps) and svc.uses_local_endpoints

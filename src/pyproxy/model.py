@@ -78,6 +78,7 @@ class Endpoint:
     node_name: str = ""
     zone: str = ""
     zone_hints: tuple[str, ...] = field(default=())
+    node_hints: tuple[str, ...] = field(default=())
 
     def __str__(self) -> str:
         return f"{self.ip}:{self.port}"
@@ -223,9 +224,12 @@ def _slice(eps: dict, found: dict) -> None:
         serving = cond.get("serving")
         serving = ready if serving is None else bool(serving)
         terminating = bool(cond.get("terminating"))
-        hints = tuple(z.get("name", "") for z in ((ep.get("hints") or {}).get("forZones") or []))
+        hints = ep.get("hints") or {}
+        zone_hints = tuple(z.get("name", "") for z in hints.get("forZones") or [])
+        node_hints = tuple(n.get("name", "") for n in hints.get("forNodes") or [])
         for pname, port in ports:
             by_addr = found.setdefault((ns, service, pname), {})
             by_addr.setdefault((ip, port), Endpoint(
                 ip=ip, port=port, ready=ready, serving=serving, terminating=terminating,
-                node_name=ep.get("nodeName") or "", zone=ep.get("zone") or "", zone_hints=hints))
+                node_name=ep.get("nodeName") or "", zone=ep.get("zone") or "", zone_hints=zone_hints,
+                node_hints=node_hints))

@@ -1,175 +1,29 @@
-"""pyproxy's iptables mode against real kernel tables and real traffic.
-
-Topology, all in network namespaces this module creates (`pyproxy-t<pid>-*`) and
-always deletes: a node namespace with bridge br0 (10.231.0.1/24, the pods' gateway)
-and a veth to a client namespace (node 10.233.0.1, client 10.233.0.2); three pod
-namespaces p1..p3 (10.231.0.11-13) on br0, each running a TCP server on :8080 that
-answers "<name> <peer ip>" and a UDP echo on :5353. Service IPs are 10.232.0.0/16,
-routed to br0 in the node namespace. Rules are rendered by pyproxy and restored in
-the node namespace; every client runs inside a namespace, never on the host.
-"""
+"""pyproxy's iptables mode against real kernel tables and real traffic (topology: proxytopo)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
 
 from pyproxy import iptables as ipt
 from pyproxy.model import endpoints_from_slices, services_from_api
+from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, NODE_IP, NODE_NAME, PODS, client, nsx, replies,
+                                         service, slice_for, topology)
 
 pytestmark = pytest.mark.integration
 
 PREFIX = f"pyproxy-t{os.getpid() % 100000}"
 NODE, CLIENT = f"{PREFIX}-node", f"{PREFIX}-client"
-PODS = {f"p{i}": f"10.231.0.1{i}" for i in (1, 2, 3)}
-NODE_IP, CLIENT_IP, BRIDGE_IP = "10.233.0.1", "10.233.0.2", "10.231.0.1"
-NODE_NAME = "node-a"
 OPTIONS = dict(node_name=NODE_NAME, node_ips=[NODE_IP], cluster_cidr="10.231.0.0/16")
-
-SERVER = r"""
-import socket, sys, threading
-name = sys.argv[1]
-def udp():
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    u.bind(("0.0.0.0", 5353))
-    while True:
-        data, peer = u.recvfrom(2048)
-        u.sendto(name.encode() + b" " + peer[0].encode(), peer)
-threading.Thread(target=udp, daemon=True).start()
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080))
-s.listen(128)
-print("ready", flush=True)
-while True:
-    c, peer = s.accept()
-    c.sendall(f"{name} {peer[0]}\n".encode())
-    c.close()
-"""
-
-CLIENT_SCRIPT = r"""
-import json, socket, sys, time
-host, port, n, proto = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-out = []
-for _ in range(n):
-    start = time.monotonic()
-    try:
-        if proto == "tcp":
-            s = socket.create_connection((host, port), timeout=3)
-            data = b""
-            while chunk := s.recv(200):
-                data += chunk
-            s.close()
-        else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.settimeout(3)
-            s.sendto(b"ping", (host, port))
-            data = s.recv(200)
-            s.close()
-        out.append([data.decode().strip(), time.monotonic() - start])
-    except Exception as exc:
-        out.append(["ERR " + type(exc).__name__, time.monotonic() - start])
-print(json.dumps(out))
-"""
-
-
-def sh(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, check=check, input=input, timeout=60)
-
-
-def nsx(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return sh("ip", "netns", "exec", ns, *argv, check=check)
-
-
-def write_sysctl(ns: str, path: str, value: str) -> None:
-    nsx(ns, "sh", "-c", f"echo {value} > /proc/sys/{path}")
 
 
 @pytest.fixture(scope="module")
 def topo():
-    namespaces = [NODE, CLIENT, *(f"{PREFIX}-{p}" for p in PODS)]
-    servers: list[subprocess.Popen] = []
-    try:
-        for ns in namespaces:
-            sh("ip", "netns", "add", ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        write_sysctl(NODE, "net/ipv4/ip_forward", "1")
-        sh("ip", "-n", NODE, "link", "add", "br0", "type", "bridge")
-        sh("ip", "-n", NODE, "addr", "add", f"{BRIDGE_IP}/24", "dev", "br0")
-        sh("ip", "-n", NODE, "link", "set", "br0", "up")
-        for pod, ip in PODS.items():
-            pns = f"{PREFIX}-{pod}"
-            sh("ip", "-n", NODE, "link", "add", f"veth{pod}", "type", "veth", "peer", "name", "eth0", "netns", pns)
-            sh("ip", "-n", NODE, "link", "set", f"veth{pod}", "master", "br0", "up")
-            sh("bridge", "-n", NODE, "link", "set", "dev", f"veth{pod}", "hairpin", "on")
-            sh("ip", "-n", pns, "addr", "add", f"{ip}/24", "dev", "eth0")
-            sh("ip", "-n", pns, "link", "set", "eth0", "up")
-            sh("ip", "-n", pns, "route", "add", "default", "via", BRIDGE_IP)
-        sh("ip", "-n", NODE, "link", "add", "vethc", "type", "veth", "peer", "name", "eth0", "netns", CLIENT)
-        sh("ip", "-n", NODE, "addr", "add", f"{NODE_IP}/24", "dev", "vethc")
-        sh("ip", "-n", NODE, "link", "set", "vethc", "up")
-        sh("ip", "-n", CLIENT, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
-        sh("ip", "-n", CLIENT, "link", "set", "eth0", "up")
-        sh("ip", "-n", CLIENT, "route", "add", "default", "via", NODE_IP)
-        # As on a real node: service IPs are routed to the pod bridge; only rules make them answer.
-        sh("ip", "-n", NODE, "route", "add", "10.232.0.0/16", "dev", "br0")
-        bridge_nf = nsx(NODE, "sh", "-c", "test -e /proc/sys/net/bridge/bridge-nf-call-iptables", check=False)
-        has_bridge_nf = bridge_nf.returncode == 0
-        if has_bridge_nf:
-            write_sysctl(NODE, "net/bridge/bridge-nf-call-iptables", "1")
-        for pod in PODS:
-            proc = subprocess.Popen(["ip", "netns", "exec", f"{PREFIX}-{pod}", sys.executable, "-c", SERVER, pod],
-                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-            servers.append(proc)
-            assert proc.stdout.readline().strip() == "ready"
-        for pod, ip in PODS.items():  # plain pod reachability, before any rule
-            assert client(NODE, ip, 8080, 1)[0][0].startswith(pod)
-        yield {"bridge_nf": has_bridge_nf}
-    finally:
-        for proc in servers:
-            proc.kill()
-            proc.wait(timeout=10)
-        for ns in namespaces:
-            sh("ip", "netns", "del", ns, check=False)
-
-
-def client(ns: str, host: str, port: int, n: int, proto: str = "tcp") -> list[list]:
-    out = nsx(ns, sys.executable, "-c", CLIENT_SCRIPT, host, str(port), str(n), proto).stdout
-    return json.loads(out)
-
-
-def replies(results: list[list]) -> Counter:
-    return Counter(r[0].split()[0] for r in results)
-
-
-def service(name: str, ip: str, *, node_port: int | None = None, affinity: bool = False,
-            etp: str = "Cluster") -> dict:
-    ports = [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "dns", "port": 53, "protocol": "UDP"}]
-    if node_port:
-        ports[0]["nodePort"] = node_port
-    spec = {"type": "NodePort" if node_port else "ClusterIP", "clusterIP": ip, "clusterIPs": [ip], "ports": ports}
-    if node_port:
-        spec["externalTrafficPolicy"] = etp
-    if affinity:
-        spec["sessionAffinity"] = "ClientIP"
-        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": 300}}
-    return {"metadata": {"namespace": "t", "name": name}, "spec": spec}
-
-
-def slice_for(name: str, pods: list[str], *, node_of: dict[str, str] | None = None, ready=True) -> dict:
-    return {
-        "metadata": {"namespace": "t", "name": f"{name}-abc", "labels": {"kubernetes.io/service-name": name}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
-        "endpoints": [{"addresses": [PODS[p]], "conditions": {"ready": ready},
-                       "nodeName": (node_of or {}).get(p, NODE_NAME)} for p in pods],
-    }
+    with topology(PREFIX) as t:
+        yield {"bridge_nf": t.bridge_nf}
 
 
 def program(services: list[dict], slices: list[dict]) -> str:

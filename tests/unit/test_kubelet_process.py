@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from pykubelet import healthz, systemd
+from nodeagent import systemd
+from pykubelet import healthz
 
 
 def test_sd_notify_sends_to_the_notify_socket(tmp_path, monkeypatch):

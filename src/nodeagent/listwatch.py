@@ -1,0 +1,104 @@
+"""Follow one kind of API object: list (in pages), then watch with bookmarks, resuming.
+
+A list gives the full set and a resourceVersion; the watch resumes from the
+last version seen (bookmarks keep it fresh while nothing changes), and a 410
+Gone means that version was compacted away, so the next round lists again.
+Subscribers get `replace(objects)` after each list and `update(obj)` /
+`remove(obj)` for each watch event; `bookmark()` (optional) after each bookmark,
+so a consumer can tell that it has seen everything up to now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+
+import httpx2
+
+from . import logs
+
+log = logs.get(__name__)
+
+WATCH_TIMEOUT = 300  # seconds the apiserver keeps one watch open before we resume
+PAGE_SIZE = 500  # objects per list request, as client-go's pager
+
+
+class Gone(Exception):
+    """The resourceVersion is too old (HTTP 410 or an ERROR event with code 410)."""
+
+
+class ListWatch:
+    def __init__(self, http: Callable[[], httpx2.AsyncClient], path: str, *, kind: str,
+                 replace: Callable[[list[dict]], None], update: Callable[[dict], None],
+                 remove: Callable[[dict], None], params: dict[str, str] | None = None,
+                 bookmark: Callable[[], None] | None = None):
+        self.http = http  # called on each request: the client may be replaced when credentials rotate
+        self.path = path
+        self.kind = kind
+        self.params = dict(params or {})
+        self.replace, self.update, self.remove = replace, update, remove
+        self.bookmark = bookmark
+        self.synced = asyncio.Event()  # set after the first successful list
+
+    async def _list(self) -> str:
+        items: list[dict] = []
+        params = {**self.params, "limit": str(PAGE_SIZE)}
+        while True:
+            response = await self.http().get(self.path, params=params)
+            if response.status_code == 410:
+                raise Gone()
+            response.raise_for_status()
+            body = response.json()
+            items.extend(body.get("items") or [])
+            meta = body.get("metadata") or {}
+            if not meta.get("continue"):
+                break
+            params["continue"] = meta["continue"]
+        self.replace(items)
+        self.synced.set()
+        return meta["resourceVersion"]
+
+    async def _watch(self, version: str) -> str:
+        """Follow one watch request; returns the last resourceVersion seen."""
+        params = {**self.params, "watch": "true", "allowWatchBookmarks": "true",
+                  "resourceVersion": version, "timeoutSeconds": str(WATCH_TIMEOUT)}
+        timeout = httpx2.Timeout(10, read=WATCH_TIMEOUT + 30)
+        async with self.http().stream("GET", self.path, params=params, timeout=timeout) as response:
+            if response.status_code == 410:
+                raise Gone()
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if not line:
+                    continue
+                event = json.loads(line)
+                kind, obj = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    if obj.get("code") == 410:
+                        raise Gone()
+                    raise RuntimeError(f"watch error: {obj.get('message')}")
+                version = (obj.get("metadata") or {}).get("resourceVersion", version)
+                if kind in ("ADDED", "MODIFIED"):
+                    self.update(obj)
+                elif kind == "DELETED":
+                    self.remove(obj)
+                elif kind == "BOOKMARK" and self.bookmark:
+                    self.bookmark()
+        return version
+
+    async def run(self) -> None:
+        version: str | None = None
+        backoff = 0.5
+        while True:
+            try:
+                if version is None:
+                    version = await self._list()
+                version = await self._watch(version)
+                backoff = 0.5
+            except Gone:
+                log.info("Watch expired; listing again", kind=self.kind, resourceVersion=version)
+                version = None
+            except Exception as err:  # noqa: BLE001 - apiserver trouble: back off and resume
+                log.warning("Watch failed; retrying", kind=self.kind, err=err, retryIn=f"{backoff:.1f}s")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10)
