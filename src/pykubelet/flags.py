@@ -1,30 +1,18 @@
-"""The upstream kubelet's command-line flags, and splitting argv the way it does.
+"""Every flag the upstream kubelet (v1.36, Linux build) accepts, and splitting argv with them.
 
-The upstream kubelet (v1.36, Linux build) parses its command line with spf13/pflag:
-``--name=value`` and ``--name value`` for flags that take a value, ``--name`` or
-``--name=true|false`` for boolean ones (a boolean never takes the next argument),
-``-v 3`` / ``-v=3`` / ``-v3`` and ``-h`` as shorthands, ``_`` read as ``-`` in names,
-and ``--`` ending the flags. Anything that is not a flag is an error ("unknown command").
-
-The tables below list every flag that kubelet accepts, so a command line written for it
-never fails here just because pykubelet has not implemented a flag: config.py decides
-what each one does.
+The tables list every flag, so a command line written for the kubelet never fails
+here just because pykubelet has not implemented a flag: config.py decides what each
+one does. Splitting follows pflag (nodeagent.flags).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-
-def _table(text: str) -> dict[str, str]:
-    """``"name name:bool ..."`` -> {name: "value" | "bool"}."""
-    entries = (word.partition(":") for word in text.split())
-    return {name: kind or "value" for name, _, kind in entries}
-
+from nodeagent import flags
+from nodeagent.flags import Flag
 
 # cmd/kubelet/app/options/options.go, KubeletFlags.AddFlags and addContainerRuntimeFlags:
 # settings with no KubeletConfiguration field.
-KUBELET_FLAGS = _table("""
+KUBELET_FLAGS = flags.table("""
     config config-dir kubeconfig bootstrap-kubeconfig hostname-override node-ip cert-dir
     cloud-provider root-dir seccomp-default:bool node-labels lock-file exit-on-lock-contention:bool
     runtime-cgroups image-credential-provider-config image-credential-provider-bin-dir
@@ -33,7 +21,7 @@ KUBELET_FLAGS = _table("""
 """)
 
 # AddKubeletConfigFlags: each sets a KubeletConfiguration field and overrides the --config file.
-CONFIG_FLAGS = _table("""
+CONFIG_FLAGS = flags.table("""
     enable-server:bool fail-swap-on:bool pod-manifest-path sync-frequency file-check-frequency
     http-check-frequency manifest-url manifest-url-header address port read-only-port
     fail-cgroupv1:bool container-runtime-endpoint image-service-endpoint anonymous-auth:bool
@@ -64,7 +52,7 @@ CONFIG_FLAGS = _table("""
 """)
 
 # AddGlobalFlags: cadvisor's flags (all but housekeeping-interval deprecated), --version, and --help.
-GLOBAL_FLAGS = _table("""
+GLOBAL_FLAGS = flags.table("""
     housekeeping-interval application-metrics-count-limit boot-id-file container-hints containerd
     enable-load-reader:bool event-storage-age-limit event-storage-event-limit
     global-housekeeping-interval log-cadvisor-usage:bool machine-id-file storage-driver-user
@@ -85,63 +73,13 @@ DEPRECATED_FLAGS = (
 
 # Not an upstream flag any more (removed in v1.35; the sandbox image is the runtime's setting),
 # still accepted here because kubeadm-flags.env files written by older kubeadm carry it.
-PYNODE_FLAGS = _table("pod-infra-container-image")
+PYNODE_FLAGS = flags.table("pod-infra-container-image")
 
 UPSTREAM_FLAGS = KUBELET_FLAGS | CONFIG_FLAGS | GLOBAL_FLAGS
 ALL_FLAGS = UPSTREAM_FLAGS | PYNODE_FLAGS
 SHORTHANDS = {"v": "v", "h": "help"}
 
 
-class Flag(NamedTuple):
-    name: str           # normalized long name, without dashes
-    value: str | None   # None for a boolean flag given without "=value"
-    spelled: str        # as written, for messages
-
-
 def split(argv: list[str]) -> list[Flag]:
     """argv -> flags in order, with values attached; ValueError for anything upstream rejects."""
-    flags: list[Flag] = []
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--":
-            if args:
-                raise ValueError(_positional(args[0], flags))
-            break
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            name = name.replace("_", "-")
-            if not name or name.startswith("-") or name not in ALL_FLAGS:
-                raise ValueError(f"unknown flag: --{arg[2:].partition('=')[0]}")
-            flags.append(_take(name, value if eq else None, f"--{name}", args))
-        elif arg.startswith("-") and arg != "-":
-            letter, rest = arg[1], arg[2:]
-            if letter not in SHORTHANDS:
-                raise ValueError(f"unknown shorthand flag: {letter!r} in {arg}")
-            name = SHORTHANDS[letter]
-            if ALL_FLAGS[name] == "bool":
-                flags.append(Flag(name, rest[1:] if rest.startswith("=") else None, f"-{letter}"))
-                if rest and not rest.startswith("="):
-                    args.insert(0, f"-{rest}")  # -hv3: shorthands run together
-            else:
-                value = rest[1:] if rest.startswith("=") else rest
-                flags.append(_take(name, value if rest else None, f"-{letter}", args))
-        else:
-            raise ValueError(_positional(arg, flags))
-    return flags
-
-
-def _take(name: str, value: str | None, spelled: str, rest: list[str]) -> Flag:
-    """A flag's value: after "=", else (unless boolean) the next argument, whatever it looks like."""
-    if value is None and ALL_FLAGS[name] != "bool":
-        if not rest:
-            raise ValueError(f"flag needs an argument: {spelled}")
-        value = rest.pop(0)
-    return Flag(name, value, spelled)
-
-
-def _positional(arg: str, before: list[Flag]) -> str:
-    message = f"unexpected argument {arg!r}: the kubelet takes only flags"
-    if before and ALL_FLAGS[before[-1].name] == "bool" and before[-1].value is None:
-        message += f" (a boolean flag takes its value as {before[-1].spelled}={arg})"
-    return message
+    return flags.split(argv, ALL_FLAGS, SHORTHANDS, "the kubelet")
