@@ -61,7 +61,9 @@ class ServicePort:
 
     @property
     def uses_cluster_endpoints(self) -> bool:
-        return not self.internal_policy_local or (self.externally_accessible and not self.external_policy_local)
+        # External traffic needs cluster endpoints even with externalTrafficPolicy Local: pods and the
+        # node itself reach an external IP through the cluster chain (upstream's short circuit).
+        return not self.internal_policy_local or self.externally_accessible
 
     @property
     def uses_local_endpoints(self) -> bool:

@@ -1,4 +1,7 @@
-"""pyproxy's iptables mode against real kernel tables and real traffic (topology: proxytopo)."""
+"""pyproxy's iptables mode against real kernel tables and real traffic (topology: proxytopo).
+
+Every test runs twice: with the nft backend of iptables and with the legacy one.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from collections import Counter
 import pytest
 
 from pyproxy import iptables as ipt
+from pyproxy.backend import NodeContext
 from pyproxy.model import endpoints_from_slices, services_from_api
 from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, NODE_IP, NODE_NAME, PODS, client, nsx, replies,
                                          service, slice_for, topology)
@@ -17,22 +21,30 @@ pytestmark = pytest.mark.integration
 
 PREFIX = f"pyproxy-t{os.getpid() % 100000}"
 NODE, CLIENT = f"{PREFIX}-node", f"{PREFIX}-client"
-OPTIONS = dict(node_name=NODE_NAME, node_ips=[NODE_IP], cluster_cidr="10.231.0.0/16")
+CONTEXT = NodeContext(node_name=NODE_NAME, node_ips=(NODE_IP,), cluster_cidr="10.231.0.0/16")
+STATE: dict = {}
 
 
-@pytest.fixture(scope="module")
-def topo():
+@pytest.fixture(scope="module", params=["nft", "legacy"])
+def topo(request):
     with topology(PREFIX) as t:
+        STATE["variant"] = request.param
+        STATE["backend"] = ipt.IptablesBackend(CONTEXT, netns=NODE, variant=request.param)
         yield {"bridge_nf": t.bridge_nf}
 
 
-def program(services: list[dict], slices: list[dict]) -> str:
-    ports = [sp for s in services for sp in services_from_api(s)]
-    return ipt.sync(ports, endpoints_from_slices(slices), netns=NODE, **OPTIONS)
+def program(services: list[dict], slices: list[dict], changed=None) -> bool:
+    """Sync these objects into the node namespace: full, or partial for the `changed` service names."""
+    ports = {sp.key: sp for s in services for sp in services_from_api(s)}
+    return STATE["backend"].sync(ports, endpoints_from_slices(slices), changed)
 
 
-def saved() -> str:
-    return nsx(NODE, "iptables-save").stdout
+def iptables(*argv: str, check: bool = True):
+    return nsx(NODE, f"iptables-{STATE['variant']}", *argv, check=check)
+
+
+def saved(*argv: str) -> str:
+    return nsx(NODE, f"iptables-{STATE['variant']}-save", *argv).stdout
 
 
 def test_cluster_ip_spreads_then_follows_endpoint_changes(topo):
@@ -129,7 +141,7 @@ def test_deleting_a_service_removes_its_chains(topo):
     # Gone: nothing catches its IP any more, so the connection goes nowhere (no pod owns it).
     assert client(CLIENT, "10.232.0.61", 80, 1)[0][0].startswith("ERR")
     # Only the service chains we keep remain, and the jumps from the built-ins exist once each.
-    chains = ipt.existing_nat_chains(NODE)
+    chains = ipt.existing_chains(saved("-t", "nat"))
     assert {c for c in chains if ipt.is_service_chain(c)} == {
         c for sp in services_from_api(keep) for c in
         (ipt.svc_chain(sp), *(ipt.sep_chain(sp, ep) for ep in endpoints_from_slices(
@@ -165,7 +177,7 @@ def test_external_ip_and_load_balancer_source_ranges(topo):
     blocked = client(CLIENT, "10.232.2.71", 80, 1)  # LB IP, client outside the source ranges: dropped
     assert blocked[0][0] == "ERR TimeoutError", blocked
     # ...and it was KUBE-PROXY-FIREWALL that dropped it.
-    [dropped] = [line for line in nsx(NODE, "iptables-save", "-c", "-t", "filter").stdout.splitlines()
+    [dropped] = [line for line in saved("-c", "-t", "filter").splitlines()
                  if "t/denied:http traffic not accepted by" in line]
     assert not dropped.startswith("[0:"), dropped
 
@@ -177,9 +189,37 @@ def test_other_rules_in_builtin_chains_survive(topo):
                ("filter", "FORWARD", "-s", "10.231.99.0/24", "-m", "comment", "--comment", "someone-else",
                 "-j", "ACCEPT")]
     for table, chain, *rule in foreign:
-        nsx(NODE, "iptables", "-w", "-t", table, "-A", chain, *rule)
+        iptables("-w", "-t", table, "-A", chain, *rule)
     program([service("web", "10.232.0.10")], [slice_for("web", ["p1"])])
     program([service("web", "10.232.0.10")], [slice_for("web", ["p2"])])
     for table, chain, *rule in foreign:
-        assert nsx(NODE, "iptables", "-w", "-t", table, "-C", chain, *rule, check=False).returncode == 0
+        assert iptables("-w", "-t", table, "-C", chain, *rule, check=False).returncode == 0
     assert replies(client(CLIENT, "10.232.0.10", 80, 5)) == Counter({"p2": 5})
+
+
+def test_partial_syncs_follow_endpoint_changes_and_deletions(topo):
+    web, other = service("web", "10.232.0.10"), service("other", "10.232.0.11")
+    program([web, other], [slice_for("web", ["p1"]), slice_for("other", ["p3"])])
+    assert program([web, other], [slice_for("web", ["p2"]), slice_for("other", ["p3"])], {("t", "web")}) is False
+    assert replies(client(CLIENT, "10.232.0.10", 80, 10)) == Counter({"p2": 10})
+    assert ":KUBE-SERVICES" not in STATE["backend"].last_text  # only web's own chains were rewritten
+    # web loses its endpoints: rejected, its chains deleted; other keeps working.
+    assert program([web, other], [slice_for("other", ["p3"])], {("t", "web")}) is False
+    assert client(CLIENT, "10.232.0.10", 80, 1)[0][0] == "ERR ConnectionRefusedError"
+    assert replies(client(CLIENT, "10.232.0.11", 80, 5)) == Counter({"p3": 5})
+    web_chains = {c for c in ipt.existing_chains(saved("-t", "nat")) if ipt.is_service_chain(c)}
+    assert web_chains == {ipt.svc_chain(sp) for sp in services_from_api(other)} | {
+        ipt.sep_chain(sp, e) for sp in services_from_api(other)
+        for e in endpoints_from_slices([slice_for("other", ["p3"])])[sp.key]}
+    # ...and the state a partial sync reached is the one a full sync writes.
+    partial = _rules_only(saved())
+    program([web, other], [slice_for("other", ["p3"])])
+    assert _rules_only(saved()) == partial
+
+
+def test_cleanup_removes_everything(topo):
+    program([service("web", "10.232.0.10", node_port=30090)], [slice_for("web", ["p1"])])
+    assert STATE["backend"].cleanup() is True
+    text = saved()
+    assert "KUBE-" not in text, text
+    assert STATE["backend"].cleanup() is False

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from pyproxy import iptables as ipt
+from pyproxy.backend import NodeContext, SyncFailed
 from pyproxy.model import Endpoint, ServicePort
 
 NODE = dict(node_name="n1", node_ips=["10.233.0.1"], cluster_cidr="10.231.0.0/16")
@@ -218,42 +221,122 @@ def test_stale_chains_are_deleted_in_the_same_restore():
         == active.splitlines()
 
 
-class FakeRun:
-    """Records the commands apply() would run; `-C` says the rule exists for the listed sources."""
+class FakeTools:
+    """Stands in for Backend.run: records argv, answers -C/-L from `present`, iptables-save from `saved`."""
 
-    def __init__(self, present=(), save_output=""):
+    def __init__(self, present=(), saved=""):
         self.calls: list[list[str]] = []
+        self.inputs: list[str] = []
         self.present = set(present)
-        self.save_output = save_output
+        self.saved = saved
+        self.fail_restore = False
 
-    def __call__(self, argv, input=None, capture_output=True, text=True, check=True, timeout=None):
+    def __call__(self, *argv, input=None, check=True):
         import subprocess
         self.calls.append(list(argv))
         rc = 0
         if "-C" in argv:
             rc = 0 if argv[argv.index("-C") + 1] in self.present else 1
-        if argv[-3:] == ["iptables-save", "-t", "nat"]:
-            return subprocess.CompletedProcess(argv, 0, self.save_output, "")
-        return subprocess.CompletedProcess(argv, rc, "", "")
+        if "-L" in argv:
+            rc = 0 if argv[-1] in self.present else 1
+        if "-D" in argv:
+            rc = 0 if argv[argv.index("-D") + 1] in self.present else 1
+        if argv[0].endswith("-restore"):
+            self.inputs.append(input)
+            if self.fail_restore:
+                return subprocess.CompletedProcess(argv, 1, "", "iptables-restore: line 3 failed")
+        out = self.saved if argv[0].endswith("-save") else ""
+        return subprocess.CompletedProcess(argv, rc, out, "")
 
 
-def test_apply_ensures_jumps_then_restores_noflush_in_the_netns(monkeypatch):
-    fake = FakeRun(present={"PREROUTING"})
-    monkeypatch.setattr(ipt.subprocess, "run", fake)
-    ipt.apply("*filter\nCOMMIT\n", netns="pyproxy-tX-node")
-    assert all(c[:4] == ["ip", "netns", "exec", "pyproxy-tX-node"] for c in fake.calls)
-    inserted = [c[4:] for c in fake.calls if "-I" in c]
-    assert ["iptables", "-w", "-t", "nat", "-I", "PREROUTING"] not in [c[:6] for c in inserted]
-    assert ["iptables", "-w", "-t", "nat", "-I", "OUTPUT", "-m", "comment", "--comment",
-            "kubernetes service portals", "-j", "KUBE-SERVICES"] in inserted
-    assert any(c[4:] == ["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"] for c in fake.calls)
-    assert fake.calls[-1][4:] == ["iptables-restore", "-w", "--noflush"]
+def backend(tools: FakeTools) -> ipt.IptablesBackend:
+    b = ipt.IptablesBackend(NodeContext(node_name="n1", node_ips=("10.233.0.1",), cluster_cidr="10.231.0.0/16"),
+                            variant="nft")
+    b.run = tools
+    return b
 
 
-def test_sync_reads_existing_chains_and_deletes_stale_ones(monkeypatch):
+def test_full_sync_inserts_jumps_sets_localnet_and_deletes_stale_chains():
     save = "*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SVC-STALESTALESTALE1 - [0:0]\n:KUBE-SERVICES - [0:0]\nCOMMIT\n"
-    fake = FakeRun(save_output=save)
-    monkeypatch.setattr(ipt.subprocess, "run", fake)
-    assert ipt.existing_nat_chains("ns") == {"PREROUTING", "KUBE-SVC-STALESTALESTALE1", "KUBE-SERVICES"}
-    text = ipt.sync([], {}, netns="ns", **NODE)
-    assert "-X KUBE-SVC-STALESTALESTALE1" in text
+    tools = FakeTools(present={"PREROUTING"}, saved=save)
+    b = backend(tools)
+    assert b.sync({}, {}, None) is True
+    inserted = [c for c in tools.calls if "-I" in c]
+    assert all(c[0] == "iptables-nft" or c[0] == "iptables" for c in inserted)
+    assert ["-w", "-t", "nat", "-I", "PREROUTING"] not in [c[1:6] for c in inserted]
+    assert ["-w", "-t", "nat", "-I", "OUTPUT", "-m", "comment", "--comment", "kubernetes service portals", "-j",
+            "KUBE-SERVICES"] in [c[1:] for c in inserted]
+    assert ["sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1"] in tools.calls
+    assert "-X KUBE-SVC-STALESTALESTALE1" in tools.inputs[-1]
+    assert [c for c in tools.calls if c[0].endswith("-restore")][0][1:] == ["-w", "--noflush"]
+
+
+def test_partial_sync_writes_only_what_changed():
+    tools = FakeTools(present={"KUBE-PROXY-CANARY"})
+    b = backend(tools)
+    a, c = sp(name="a", cluster_ips=("10.232.0.1",)), sp(name="c", cluster_ips=("10.232.0.3",))
+    services = {a.key: a, c.key: c}
+    eps = {a.key: [ep("10.231.0.1")], c.key: [ep("10.231.0.3")]}
+    b.sync(services, eps, None)
+    # An endpoint change: only a's service chain and endpoint chains, no shared chain.
+    eps2 = {**eps, a.key: [ep("10.231.0.1"), ep("10.231.0.2")]}
+    assert b.sync(services, eps2, {("ns1", "a")}) is False
+    text = tools.inputs[-1]
+    assert ":KUBE-SERVICES" not in text and "*filter" not in text
+    assert f":{ipt.svc_chain(a)} - [0:0]" in text and f":{ipt.sep_chain(a, ep('10.231.0.2'))} - [0:0]" in text
+    assert f":{ipt.sep_chain(a, ep('10.231.0.1'))} " not in text  # unchanged endpoint chain: untouched
+    assert ipt.svc_chain(c) not in text
+    # Losing every endpoint: the ClusterIP rule moves to a filter REJECT; the chains go in the same restore.
+    assert b.sync(services, {c.key: eps[c.key]}, {("ns1", "a")}) is False
+    text = tools.inputs[-1]
+    assert ":KUBE-SERVICES - [0:0]" in text and "ns1/a:p80 has no endpoints" in text and "-j REJECT" in text
+    assert f"-X {ipt.svc_chain(a)}" in text and f"-X {ipt.sep_chain(a, ep('10.231.0.2'))}" in text
+    assert f"-j {ipt.svc_chain(c)}" in text  # the shared chain is whole: c's jump is rewritten too
+    # Nothing changed: nothing restored.
+    before = len(tools.inputs)
+    b.sync(services, {c.key: eps[c.key]}, {("ns1", "a")})
+    assert len(tools.inputs) == before
+
+
+def test_partial_and_full_sync_reach_the_same_rules():
+    tools = FakeTools(present={"KUBE-PROXY-CANARY"})
+    b = backend(tools)
+    a = sp(name="a", cluster_ips=("10.232.0.1",), node_port=30001)
+    b.sync({a.key: a}, {a.key: [ep("10.231.0.1")]}, None)
+    b.sync({a.key: a}, {a.key: [ep("10.231.0.2")]}, {("ns1", "a")})
+    partial_state = dict(b.written_own)
+    b.sync({a.key: a}, {a.key: [ep("10.231.0.2")]}, None)
+    assert b.written_own == partial_state
+
+
+def test_failed_restore_raises_and_forces_a_full_sync():
+    tools = FakeTools(present={"KUBE-PROXY-CANARY"})
+    b = backend(tools)
+    a = sp(name="a")
+    b.sync({a.key: a}, {a.key: [ep("10.231.0.1")]}, None)
+    tools.fail_restore = True
+    with pytest.raises(SyncFailed, match="line 3 failed"):
+        b.sync({a.key: a}, {a.key: [ep("10.231.0.2")]}, {("ns1", "a")})
+    tools.fail_restore = False
+    assert b.sync({a.key: a}, {a.key: [ep("10.231.0.2")]}, {("ns1", "a")}) is True
+
+
+def test_a_vanished_canary_forces_a_full_sync():
+    tools = FakeTools(present={"KUBE-PROXY-CANARY"})
+    b = backend(tools)
+    b.sync({}, {}, None)
+    assert b.sync({}, {}, set()) is False
+    tools.present.clear()  # someone flushed the tables
+    assert b.sync({}, {}, set()) is True
+
+
+def test_cleanup_removes_jumps_and_our_chains_only():
+    save = ("*nat\n:PREROUTING ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n:KUBE-SEP-ABC - [0:0]\n:OTHER - [0:0]\n"
+            "COMMIT\n*filter\n:KUBE-FORWARD - [0:0]\nCOMMIT\n")
+    tools = FakeTools(saved=save)
+    b = backend(tools)
+    assert b.cleanup() is True
+    restores = [t for t in tools.inputs if t]
+    assert restores and all("OTHER" not in t for t in restores)
+    assert "-X KUBE-SEP-ABC" in restores[0] and "-X KUBE-FORWARD" in restores[0]
+    assert backend(FakeTools(saved="*nat\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n")).cleanup() is False

