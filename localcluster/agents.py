@@ -90,6 +90,50 @@ def kubelet_flags(node: Node) -> list[str]:
     ]
 
 
+def proxy_configuration(node: Node) -> dict:
+    """The KubeProxyConfiguration of a local node (kubeadm's, with this node's names and ranges)."""
+    cluster = node.cluster
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(cluster.kubeconfig("kube-proxy"))},
+        "mode": cluster.proxy_mode,
+        "clusterCIDR": str(cluster.pod_cidr),
+        "hostnameOverride": node.name,
+        # The node's own network namespace: every address there is the node's.
+        "metricsBindAddress": "0.0.0.0:10249",
+        "healthzBindAddress": "0.0.0.0:10256",
+    }
+
+
+def proxy_flags(node: Node) -> list[str]:
+    """Write the node's kube-proxy config file; return the flags kubeadm's DaemonSet passes."""
+    root = node.dir / "kube-proxy"
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "config.conf"
+    config.write_text(yaml.safe_dump(proxy_configuration(node), sort_keys=False))
+    return [f"--config={config}", f"--hostname-override={node.name}"]
+
+
+def wait_proxy_ready(node: Node, timeout: float = 60) -> None:
+    """Wait until pyproxy's /healthz on the node answers 200 (its first sync is done)."""
+    import urllib.request
+
+    name = f"pyproxy-{node.name}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not procs.running(node.cluster, name):
+            raise procs.UpError(f"{name} exited during start; see {procs.log_path(node.cluster, name)}")
+        try:
+            with urllib.request.urlopen(f"http://{node.ip}:10249/metrics", timeout=2) as response:
+                if b"kubeproxy_sync_proxy_rules_last_timestamp_seconds{" in response.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise procs.UpError(f"{name} did not sync within {timeout:.0f}s; see {procs.log_path(node.cluster, name)}")
+
+
 def wait_node_ready(node: Node, timeout: float = 60) -> None:
     """Wait until the apiserver shows the node Ready; fail naming pykubelet's log."""
     from lightkube import Client, KubeConfig

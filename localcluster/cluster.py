@@ -60,7 +60,13 @@ def up(cluster: Cluster) -> None:
             if not procs.running(cluster, f"pykubelet-{node.name}"):
                 agents.start(node, "pykubelet", *agents.kubelet_flags(node))
             agents.wait_node_ready(node)
+            if not procs.running(cluster, f"pyproxy-{node.name}"):
+                agents.start(node, "pyproxy", *agents.proxy_flags(node))
+            agents.wait_proxy_ready(node)
         log("sample workload:\n" + sample.run(cluster, images.busybox_name(cluster)))
+        node = cluster.nodes[0]
+        log(f"through its Service (NodePort {node.ip}:{sample.NODE_PORT}): "
+            + sample.through_service(node.ip))
     except (procs.UpError, OSError, subprocess.SubprocessError) as err:
         log(f"up failed: {err}")
         log(f"stopping what up started (logs stay in {cluster.logs})")

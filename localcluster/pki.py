@@ -139,6 +139,9 @@ KUBECONFIG_USERS = {
     "super-admin": ("kubernetes-super-admin", ("system:masters",)),
     "controller-manager": ("system:kube-controller-manager", ()),
     "scheduler": ("system:kube-scheduler", ()),
+    # kubeadm gives kube-proxy a service account; a certificate for the user the default
+    # system:node-proxier binding names does the same for an agent outside the cluster.
+    "kube-proxy": ("system:kube-proxy", ()),
 }
 
 

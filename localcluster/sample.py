@@ -1,12 +1,15 @@
 """A small workload `up` runs on the local node, so that a fresh cluster shows pods Running.
 
-A Deployment of two busybox web servers with a readiness probe, in namespace
-`pynode-sample`: scheduled by the real scheduler, run by pykubelet.
+A Deployment of two busybox web servers with a readiness probe and a NodePort
+Service in front of them, in namespace `pynode-sample`: scheduled by the real
+scheduler, run by pykubelet, reached through pyproxy's rules.
 """
 
 from __future__ import annotations
 
 import subprocess
+import time
+import urllib.request
 
 import yaml
 
@@ -14,6 +17,7 @@ from .procs import UpError
 from .settings import Cluster
 
 NAMESPACE = "pynode-sample"
+NODE_PORT = 30080
 
 
 def manifests(image: str) -> list[dict]:
@@ -30,6 +34,9 @@ def manifests(image: str) -> list[dict]:
                                    "ports": [{"name": "http", "containerPort": 8080}],
                                    "readinessProbe": {"httpGet": {"path": "/", "port": "http"},
                                                       "periodSeconds": 2}}]}}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "hello", "namespace": NAMESPACE},
+         "spec": {"type": "NodePort", "selector": {"app": "hello"},
+                  "ports": [{"name": "http", "port": 80, "targetPort": "http", "nodePort": NODE_PORT}]}},
     ]
 
 
@@ -49,3 +56,17 @@ def run(cluster: Cluster, image: str) -> str:
         pods = _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
         raise UpError(f"sample workload did not become available: {rolled.stderr.strip()}\n{pods}")
     return _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
+
+
+def through_service(node_ip: str, timeout: float = 30) -> str:
+    """GET the sample through its NodePort on the node's address (pyproxy's rules); the reply, or UpError."""
+    deadline = time.monotonic() + timeout
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{node_ip}:{NODE_PORT}/", timeout=3) as response:
+                return response.read().decode().strip()
+        except OSError as err:
+            error = err
+            time.sleep(0.5)
+    raise UpError(f"sample Service did not answer on {node_ip}:{NODE_PORT}: {error}")

@@ -3,7 +3,8 @@
 Everything the cluster creates on the host lives under one state directory;
 what is expensive to rebuild (the upstream binaries, image archives) lives in a
 cache directory keyed by version. Both can be moved with environment variables:
-PYNODE_STATE and PYNODE_CACHE.
+PYNODE_STATE and PYNODE_CACHE. PYNODE_PROXY_MODE picks pyproxy's mode on the
+nodes (iptables, the default, or nftables).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Cluster:
     cache: Path
     version: str
     node_count: int = 1
+    proxy_mode: str = "iptables"
     bridge: str = "pynode0"
     node_network: ipaddress.IPv4Network = ipaddress.ip_network("10.221.0.0/24")
     pod_cidr: ipaddress.IPv4Network = ipaddress.ip_network("10.222.0.0/16")
@@ -163,4 +165,5 @@ def load() -> Cluster:
         state=Path(os.environ.get("PYNODE_STATE", "/var/lib/pynode-local")),
         cache=Path(os.environ.get("PYNODE_CACHE", cache_home / "pynode")),
         version=kubernetes_version(),
+        proxy_mode=os.environ.get("PYNODE_PROXY_MODE", "iptables"),
     )

@@ -19,13 +19,14 @@ REQUEST_TIMEOUT = 10.0
 
 
 class Api:
-    def __init__(self, kubeconfig: Path, *, field_manager: str):
-        self.kubeconfig = kubeconfig
+    def __init__(self, kubeconfig: Path | None, *, field_manager: str):
+        self.kubeconfig = kubeconfig  # None: in-cluster service account, else $KUBECONFIG or ~/.kube/config
         self.field_manager = field_manager
         self.client = self._connect()
 
     def _connect(self) -> AsyncClient:
-        return AsyncClient(config=KubeConfig.from_file(str(self.kubeconfig)), field_manager=self.field_manager,
+        config = KubeConfig.from_file(str(self.kubeconfig)) if self.kubeconfig else KubeConfig.from_env()
+        return AsyncClient(config=config, field_manager=self.field_manager,
                            timeout=httpx2.Timeout(REQUEST_TIMEOUT))
 
     async def reload(self) -> None:

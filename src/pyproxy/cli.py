@@ -1,23 +1,64 @@
-"""Command line of pyproxy.
-
-Only `--version` works so far; the proxy lands with the pyproxy issue. Until
-then every other invocation exits with a clear error instead of pretending.
-"""
+"""Command line of pyproxy: upstream kube-proxy's flags and KubeProxyConfiguration file."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from pathlib import Path
+
+from nodeagent import logs
 
 from pykubelet.version import KUBERNETES_VERSION
+
+MODES = ("iptables", "nftables", "ipvs")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if "--version" in args:
+    if "--version" in args or "--version=true" in args:
         print(f"Kubernetes {KUBERNETES_VERSION}")
         return 0
-    print("pyproxy: proxying services is not implemented yet (only --version is)", file=sys.stderr)
-    return 2
+    if "--help" in args or "-h" in args:
+        from pyproxy.config import KNOWN_FLAGS
+        print("Usage: pyproxy [flags]\n\nThe flags of kube-proxy (v1.36):\n  "
+              + "\n  ".join(f"--{name}" for name in sorted(KNOWN_FLAGS)))
+        return 0
+    from pyproxy.config import NO_EFFECT, ConfigError, parse, render_document
+
+    ignored: list[str] = []
+    try:
+        config = parse(args, log_ignored=ignored.extend)
+    except ConfigError as err:
+        print(f"pyproxy: error: {err}", file=sys.stderr)
+        return 1
+    logs.setup(config.verbosity)
+    log = logs.get("server")
+    if ignored:
+        log.warning("Flags ignored because --config is given", flags=" ".join(ignored))
+    inert = sorted({a.lstrip("-").partition("=")[0] for a in args if a.startswith("--")} & NO_EFFECT)
+    if inert:
+        log.info("Flags accepted for compatibility, without effect in pyproxy", flags=" ".join(inert))
+    if config.write_config_to:
+        Path(config.write_config_to).write_text(render_document(config))
+        log.info("Wrote configuration", file=config.write_config_to)
+        return 0
+
+    from pyproxy.agent import Proxy, check_mode, cleanup_modes
+    from pyproxy.backend import BackendUnavailable
+
+    if config.cleanup:
+        cleanup_modes(config, MODES)
+        return 0
+    try:
+        check_mode(config)
+    except BackendUnavailable as err:
+        log.error("Cannot run this proxy mode", mode=config.mode, err=err)
+        return 1
+    cleanup_modes(config, [m for m in MODES if m != config.mode])  # leftovers of another mode
+    if config.init_only:
+        return 0
+    asyncio.run(Proxy(config).run())
+    return 0
 
 
 if __name__ == "__main__":

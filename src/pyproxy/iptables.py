@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Sequence
 
+from pyproxy import metrics
 from pyproxy.backend import Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed
 from pyproxy.model import Endpoint, ServicePort
 from pyproxy.topology import categorize
@@ -448,6 +449,7 @@ class IptablesBackend(Backend):
         self.fragments: dict[PortKey, Fragment] = {}
         self.static = static_rules(node)
         self.written_own: dict[str, tuple[str, ...]] = {}  # our nat chains as last restored
+        self.chain_sizes: dict[tuple[str, str], int] = {}  # rules per (table, chain) we own, for the metrics
         self.needs_full = True
         self.last_full = 0.0
         self.last_text = ""  # the last restore input, for inspection
@@ -495,6 +497,8 @@ class IptablesBackend(Backend):
         self._restore(restore_text(shared, own, stale))
         self.run(self.tool("iptables"), "-w", "-t", "mangle", "-N", KUBE_PROXY_CANARY, check=False)
         self.written_own = {c: tuple(lines) for c, lines in own.items()}
+        self.chain_sizes = {}
+        self._count(shared, own, ())
         self.needs_full = False
         self.last_full = time.monotonic()
 
@@ -524,6 +528,23 @@ class IptablesBackend(Backend):
         for c in gone:
             self.written_own.pop(c, None)
         self.written_own.update((c, tuple(lines)) for c, lines in own.items())
+        self._count(shared, own, gone)
+
+    def _count(self, shared, own, gone) -> None:
+        """Update the rule-count metrics after a restore of these chains."""
+        written = {"filter": 0, "nat": 0}
+        for (table, chain), lines in shared.items():
+            self.chain_sizes[(table, chain)] = len(lines)
+            written[table] += len(lines)
+        for chain, lines in own.items():
+            self.chain_sizes[("nat", chain)] = len(lines)
+            written["nat"] += len(lines)
+        for chain in gone:
+            self.chain_sizes.pop(("nat", chain), None)
+        for table, count in written.items():
+            metrics.IPTABLES_RULES_LAST_SYNC.set(count, ip_family="IPv4", table=table)
+            metrics.IPTABLES_RULES_TOTAL.set(sum(n for (t, _), n in self.chain_sizes.items() if t == table),
+                                             ip_family="IPv4", table=table)
 
     def _restore(self, text: str) -> None:
         self.last_text = text

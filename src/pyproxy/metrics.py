@@ -239,10 +239,10 @@ SYNC_PROXY_RULES_LATENCY = _r.histogram(
     buckets=_SYNC_BUCKETS)
 SYNC_FULL_PROXY_RULES_LATENCY = _r.histogram(
     "kubeproxy_sync_full_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for full resyncs",
-    ["ip_family"], buckets=_SYNC_BUCKETS, modes=_IPTABLES)
+    ["ip_family"], buckets=_SYNC_BUCKETS, modes=_IPTABLES | _NFTABLES)
 SYNC_PARTIAL_PROXY_RULES_LATENCY = _r.histogram(
     "kubeproxy_sync_partial_proxy_rules_duration_seconds", "SyncProxyRules latency in seconds for partial resyncs",
-    ["ip_family"], buckets=_SYNC_BUCKETS, modes=_IPTABLES)
+    ["ip_family"], buckets=_SYNC_BUCKETS, modes=_IPTABLES | _NFTABLES)
 SYNC_PROXY_RULES_LAST_TIMESTAMP = _r.gauge(
     "kubeproxy_sync_proxy_rules_last_timestamp_seconds", "The last time proxy rules were successfully synced",
     ["ip_family"])

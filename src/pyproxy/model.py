@@ -19,7 +19,7 @@ DEFAULT_AFFINITY_TIMEOUT = 10800  # upstream's default ClientIP timeout, seconds
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServicePort:
     namespace: str
     name: str
@@ -70,7 +70,7 @@ class ServicePort:
         return self.internal_policy_local or self.external_policy_local
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Endpoint:
     ip: str
     port: int
@@ -184,29 +184,48 @@ def _services(service: dict) -> list[ServicePort]:
     return out
 
 
+def parse_slice(eps: dict) -> tuple[tuple[str, str] | None, dict[str, list[Endpoint]]]:
+    """One EndpointSlice -> (its service's (namespace, name), endpoints per port name).
+
+    (None, {}) for a slice that names no service or is malformed (logged once).
+    """
+    try:
+        return _slice(eps)
+    except Exception as exc:
+        log.warning("skipping malformed EndpointSlice: %s", exc)
+        return None, {}
+
+
+def merge_endpoints(per_slice) -> list[Endpoint]:
+    """Endpoint lists of one service port from several slices: first one per ip:port wins, sorted."""
+    by_addr: dict[tuple[str, int], Endpoint] = {}
+    for endpoints in per_slice:
+        for e in endpoints:
+            by_addr.setdefault((e.ip, e.port), e)
+    return sorted(by_addr.values(), key=lambda e: (ipaddress.ip_address(e.ip), e.port))
+
+
 def endpoints_from_slices(slices: list[dict]) -> dict[tuple[str, str, str], list[Endpoint]]:
     """Endpoints per (namespace, service name, port name), deduplicated and sorted by ip:port."""
-    found: dict[tuple[str, str, str], dict[tuple[str, int], Endpoint]] = {}
+    found: dict[tuple[str, str, str], list[list[Endpoint]]] = {}
     for eps in slices:
-        try:
-            _slice(eps, found)
-        except Exception as exc:
-            log.warning("skipping malformed EndpointSlice: %s", exc)
-    return {key: sorted(by_addr.values(), key=lambda e: (ipaddress.ip_address(e.ip), e.port))
-            for key, by_addr in sorted(found.items())}
+        service, ports = parse_slice(eps)
+        for pname, endpoints in ports.items():
+            found.setdefault((*service, pname), []).append(endpoints)
+    return {key: merge_endpoints(lists) for key, lists in sorted(found.items())}
 
 
-def _slice(eps: dict, found: dict) -> None:
+def _slice(eps: dict) -> tuple[tuple[str, str] | None, dict[str, list[Endpoint]]]:
     meta = eps.get("metadata") or {}
     ns = meta.get("namespace") or "default"
     ref = f"{ns}/{meta.get('name')}"
     service = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
     if not service:
         log.debug("ignoring EndpointSlice %s without the %s label", ref, SERVICE_NAME_LABEL)
-        return
+        return None, {}
     if eps.get("addressType") not in ("IPv4", "IPv6"):
         log.warning("skipping EndpointSlice %s: unsupported addressType %r", ref, eps.get("addressType"))
-        return
+        return None, {}
     ports = []
     for p in eps.get("ports") or []:
         port = _port(p.get("port"))
@@ -214,6 +233,7 @@ def _slice(eps: dict, found: dict) -> None:
             log.warning("EndpointSlice %s: skipping port %r", ref, p)
             continue
         ports.append((p.get("name") or "", port))
+    out: dict[str, list[Endpoint]] = {pname: [] for pname, _ in ports}
     for ep in eps.get("endpoints") or []:
         addrs = ep.get("addresses") or []
         ip = _ip(addrs[0]) if addrs else None  # upstream uses the first address only
@@ -230,8 +250,8 @@ def _slice(eps: dict, found: dict) -> None:
         zone_hints = tuple(z.get("name", "") for z in hints.get("forZones") or [])
         node_hints = tuple(n.get("name", "") for n in hints.get("forNodes") or [])
         for pname, port in ports:
-            by_addr = found.setdefault((ns, service, pname), {})
-            by_addr.setdefault((ip, port), Endpoint(
+            out[pname].append(Endpoint(
                 ip=ip, port=port, ready=ready, serving=serving, terminating=terminating,
                 node_name=ep.get("nodeName") or "", zone=ep.get("zone") or "", zone_hints=zone_hints,
                 node_hints=node_hints))
+    return (ns, service), out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import errno
 import logging
@@ -71,8 +73,8 @@ def test_serving_is_the_only_condition_that_counts():
                            ep("10.244.2.7", ready=False, serving=False)]}
     flows = [flow("10.96.0.10", 53, "10.244.1.5"), flow("10.96.0.10", 53, "10.244.2.7")]
     assert stale(flows, endpoints=endpoints) == [flows[1]]
-    local = {DNS_KEY: ServicePort(**{**DNS.__dict__, "external_traffic_policy": "Local",
-                                     "internal_traffic_policy": "Local"})}
+    local = {DNS_KEY: dataclasses.replace(DNS, external_traffic_policy="Local",
+                                                internal_traffic_policy="Local")}
     assert stale(flows, services=local, endpoints=endpoints) == [flows[1]]
 
 

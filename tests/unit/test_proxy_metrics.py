@@ -130,7 +130,8 @@ def test_each_mode_exposes_what_upstream_registers_for_it():
     assert "kubeproxy_sync_proxy_rules_nftables_sync_failures_total" not in iptables
     assert "kubeproxy_sync_proxy_rules_nftables_sync_failures_total" in nftables
     assert "kubeproxy_sync_proxy_rules_iptables_total" not in nftables
-    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds" not in nftables
+    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds" in nftables  # upstream registers it there too
+    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds" not in ipvs
     assert "kubeproxy_sync_proxy_rules_iptables_restore_failures_total" in ipvs
     assert "kubeproxy_sync_proxy_rules_iptables_total" not in ipvs
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import subprocess
 
@@ -141,7 +143,7 @@ def test_load_balancer_source_ranges_and_affinity_match_upstream():
                              "meta l4proto tcp dnat to 10.180.0.3:80"]
     assert r.affinity == {aff: 10800}
     # A source range holding the node IP also admits the LB IP itself (hairpin via a local VIP).
-    r = nft.render_port(s5.__class__(**{**s5.__dict__, "load_balancer_source_ranges": ("192.168.0.0/24",)}),
+    r = nft.render_port(dataclasses.replace(s5, load_balancer_source_ranges=("192.168.0.0/24",)),
                         [ep("10.180.0.3")], NODE)
     assert r.chains[fw] == ["ip saddr != { 192.168.0.0/24, 5.6.7.8 } drop"]
 
