@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 
 class BoundedFrequencyRunner:
     def __init__(self, fn: Callable[[], Awaitable[bool]], *, min_interval: float, max_interval: float,
-                 clock: Callable[[], float] = time.monotonic):
-        """`fn` returns True to ask for a retry (after `min_interval`, or 1 s if that is 0)."""
+                 retry_interval: float | None = None, clock: Callable[[], float] = time.monotonic):
+        """`fn` returns True to ask for a retry, after `retry_interval` (default: min_interval, at least 1 s)."""
         self.fn = fn
+        self.retry_interval = max(min_interval, 1.0) if retry_interval is None else retry_interval
         self.min_interval = min_interval
         self.max_interval = max_interval
         self.clock = clock
@@ -43,4 +44,4 @@ class BoundedFrequencyRunner:
             last = self.clock()
             self.runs += 1
             if await self.fn():
-                asyncio.get_running_loop().call_later(max(self.min_interval, 1.0), self.request)
+                asyncio.get_running_loop().call_later(self.retry_interval, self.request)
