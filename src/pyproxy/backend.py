@@ -65,4 +65,4 @@ class Backend(abc.ABC):
     def run(self, *argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """Run a tool (iptables-restore, nft...), inside `netns` when one is set."""
         cmd = (["ip", "netns", "exec", self.netns] if self.netns else []) + list(argv)
-        return subprocess.run(cmd, input=input, capture_output=True, text=True, check=check, timeout=120)
+        return subprocess.run(cmd, input=input, capture_output=True, text=True, check=check, timeout=600)

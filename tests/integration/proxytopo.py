@@ -175,3 +175,37 @@ def slice_for(name: str, pods: list[str], *, node_of: dict[str, str] | None = No
     }
 
 
+
+
+UDP_FROM = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[3])))
+s.settimeout(2)
+s.sendto(b"ping", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recv(200).decode().strip())
+except OSError as exc:
+    print("ERR " + type(exc).__name__)
+"""
+
+CLEAN_CONNTRACK = r"""
+import asyncio, base64, pickle, sys
+from pyproxy.conntrack import ConntrackCleaner
+services, endpoints = pickle.loads(base64.b64decode(sys.argv[1]))
+print(asyncio.run(ConntrackCleaner().clean(services, endpoints)))
+"""
+
+
+def udp_from(ns: str, host: str, port: int, source_port: int) -> str:
+    """One UDP request from a fixed source port (so every call is the same conntrack flow); the reply."""
+    return nsx(ns, sys.executable, "-c", UDP_FROM, host, str(port), str(source_port)).stdout.strip()
+
+
+def clean_conntrack(ns: str, services: dict, endpoints: dict) -> int:
+    """Run pyproxy's conntrack clean-up inside `ns` for this desired state; how many entries it deleted."""
+    import base64
+    import pickle
+    state = base64.b64encode(pickle.dumps((services, endpoints))).decode()
+    return int(nsx(ns, sys.executable, "-c", CLEAN_CONNTRACK, state).stdout.strip())

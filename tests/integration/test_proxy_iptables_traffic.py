@@ -14,8 +14,8 @@ import pytest
 from pyproxy import iptables as ipt
 from pyproxy.backend import NodeContext
 from pyproxy.model import endpoints_from_slices, services_from_api
-from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, NODE_IP, NODE_NAME, PODS, client, nsx, replies,
-                                         service, slice_for, topology)
+from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, NODE_IP, NODE_NAME, PODS, clean_conntrack, client, nsx,
+                                         replies, service, slice_for, topology, udp_from)
 
 pytestmark = pytest.mark.integration
 
@@ -223,3 +223,16 @@ def test_cleanup_removes_everything(topo):
     text = saved()
     assert "KUBE-" not in text, text
     assert STATE["backend"].cleanup() is False
+
+
+def test_udp_flow_moves_to_a_new_endpoint_once_conntrack_is_cleaned(topo):
+    web = service("dns", "10.232.0.80")
+    program([web], [slice_for("dns", ["p1"])])
+    assert udp_from(CLIENT, "10.232.0.80", 53, 41000).startswith("p1 ")
+    program([web], [slice_for("dns", ["p2"])], {("t", "dns")})
+    # The flow's conntrack entry still points at p1: the new rules are not consulted for it...
+    assert udp_from(CLIENT, "10.232.0.80", 53, 41000).startswith("p1 ")
+    ports = {sp.key: sp for sp in services_from_api(web)}
+    assert clean_conntrack(NODE, ports, endpoints_from_slices([slice_for("dns", ["p2"])])) >= 1
+    # ...until pyproxy's clean-up deletes it; then the same flow reaches p2.
+    assert udp_from(CLIENT, "10.232.0.80", 53, 41000).startswith("p2 ")

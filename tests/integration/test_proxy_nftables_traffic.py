@@ -16,8 +16,8 @@ import pytest
 from pyproxy import nftables as nft
 from pyproxy.backend import NodeContext, SyncFailed
 from pyproxy.model import endpoints_from_slices, services_from_api
-from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, CLUSTER_CIDR, NODE_IP, NODE_NAME, client, nsx, replies,
-                                         service, slice_for, topology)
+from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, CLUSTER_CIDR, NODE_IP, NODE_NAME, clean_conntrack, client,
+                                         nsx, replies, service, slice_for, topology, udp_from)
 
 pytestmark = pytest.mark.integration
 
@@ -304,3 +304,13 @@ def test_full_sync_replaces_a_table_left_by_someone_else(backend):
     assert time.monotonic() - started < 10
     assert "LEFTOVER" not in listing()
     assert replies(client(CLIENT, "10.232.0.10", 80, 3)) == Counter({"p2": 3})
+
+
+def test_udp_flow_moves_to_a_new_endpoint_once_conntrack_is_cleaned(backend):
+    dns = service("dns", "10.232.0.80")
+    program(backend, [dns], [slice_for("dns", ["p1"])])
+    assert udp_from(CLIENT, "10.232.0.80", 53, 41001).startswith("p1 ")
+    program(backend, [dns], [slice_for("dns", ["p2"])], {("t", "dns")})
+    assert udp_from(CLIENT, "10.232.0.80", 53, 41001).startswith("p1 ")  # the stale entry still decides
+    assert clean_conntrack(NODE, *state([dns], [slice_for("dns", ["p2"])])) >= 1
+    assert udp_from(CLIENT, "10.232.0.80", 53, 41001).startswith("p2 ")
