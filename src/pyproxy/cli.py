@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     inert = sorted({a.lstrip("-").partition("=")[0] for a in args if a.startswith("--")} & NO_EFFECT)
     if inert:
         log.info("Flags accepted for compatibility, without effect in pyproxy", flags=" ".join(inert))
+    if config.masquerade_bit != 14:
+        log.warning("Only masquerade bit 14 (mark 0x4000, upstream's default) is supported; using it",
+                    masqueradeBit=config.masquerade_bit)
     if config.write_config_to:
         Path(config.write_config_to).write_text(render_document(config))
         log.info("Wrote configuration", file=config.write_config_to)

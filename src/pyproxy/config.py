@@ -82,10 +82,6 @@ class ProxyConfig:
     write_config_to: str = ""
     document: dict = field(default_factory=dict)  # the KubeProxyConfiguration, defaulted (for --write-config-to)
 
-    @property
-    def masquerade_mark(self) -> int:
-        return 1 << self.masquerade_bit
-
 
 def default_document() -> dict:
     """A KubeProxyConfiguration with upstream's v1alpha1 defaults."""
