@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 
 from nodeagent import logs
-from pyproxy import metrics
+from pyproxy import httpserve, metrics
 
 log = logs.get(__name__)
 
@@ -90,10 +90,10 @@ class ProxyHealth:
         """The proxy's own health, ignoring the node's eligibility (what /livez reports)."""
         return self.health()["healthy"]
 
-    def response(self, path: str) -> metrics.Response:
+    def response(self, path: str) -> httpserve.Response:
         """The answer to GET `path` on the health server."""
         if path not in ("/healthz", "/livez"):
-            return metrics.not_found()
+            return httpserve.not_found()
         health = self.health()
         ok = health["healthy"]
         body = {"lastUpdated": health["lastUpdated"], "currentTime": health["currentTime"]}
@@ -114,7 +114,7 @@ class ProxyHealth:
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         """Serve /healthz and /livez (default 0.0.0.0:10256); raises OSError if the address cannot be bound."""
-        server = await metrics.serve_http(host, port, lambda method, path: self.response(path))
+        server = await httpserve.serve_http(host, port, lambda method, path: self.response(path))
         log.info("Serving proxy healthz", address=f"{host}:{port}")
         return server
 
@@ -161,7 +161,7 @@ class ServiceHealthServers:
             if svc is None:
                 svc = _ServiceHealth(key[0], key[1], port)
                 try:
-                    svc.server = await metrics.serve_http(self.host, port, self._handler(svc))
+                    svc.server = await httpserve.serve_http(self.host, port, self._handler(svc))
                 except OSError as exc:
                     if (key[0], key[1], port) not in self._failed:
                         self._failed.add((key[0], key[1], port))
@@ -188,7 +188,7 @@ class ServiceHealthServers:
             svc.server = None
 
     def _handler(self, svc: _ServiceHealth):
-        def handle(method: str, path: str) -> metrics.Response:
+        def handle(method: str, path: str) -> httpserve.Response:
             count = svc.local_endpoints
             proxy_ok = self.proxy_health.healthy() if self.proxy_health else True
             headers = dict(_JSON, **{"X-Load-Balancing-Endpoint-Weight": str(count)})

@@ -8,9 +8,6 @@ and ``_count``. The metric names, help texts, types, labels and buckets are
 upstream's (pkg/proxy/metrics, Kubernetes v1.36); which of them a proxy mode
 exposes follows upstream's RegisterMetrics. The process_* metrics come from
 /proc/self like client_golang's process collector.
-
-Also here: `serve_http`, the tiny HTTP/1.1 server that the health endpoints
-(pyproxy.healthcheck) share.
 """
 
 from __future__ import annotations
@@ -23,9 +20,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from email.utils import formatdate
 
 from nodeagent import logs
+
+from pyproxy import httpserve
 
 log = logs.get(__name__)
 
@@ -369,55 +367,10 @@ def _process_metrics() -> str:
 REGISTRY.collectors.append(_process_metrics)
 
 
-# --- the tiny HTTP/1.1 server shared by /metrics, /healthz and the service health checks ---
-
-Response = tuple[int, dict[str, str], bytes]
-_REASONS = {200: "OK", 404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
-
-
-def not_found() -> Response:
-    """What Go's ServeMux answers for an unknown path."""
-    return 404, {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"}, \
-        b"404 page not found\n"
-
-
-async def serve_http(host: str | Sequence[str] | None, port: int,
-                     handle: Callable[[str, str], Response]) -> asyncio.Server:
-    """Answer one request per connection with `handle(method, path)` (path without the query).
-
-    Raises OSError when the address cannot be bound; a bad or slow request just
-    closes its connection.
-    """
-
-    async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, target, _version = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError,
-                ConnectionError):
-            writer.close()
-            return
-        try:
-            status, headers, body = handle(method, target.split("?", 1)[0])
-            lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}", f"Date: {formatdate(usegmt=True)}"]
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
-            writer.write("\r\n".join(lines).encode("latin-1") + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except ConnectionError:
-            pass
-        except Exception as exc:  # a handler bug must not kill the server
-            log.error("HTTP handler failed", path=target, err=exc)
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(connection, host, port)
-
-
 async def serve(host: str, port: int, *, proxy_mode: str, registry: Registry = REGISTRY) -> asyncio.Server:
     """kube-proxy's metrics server (default 127.0.0.1:10249): /metrics, /proxyMode, /healthz."""
 
-    def handle(method: str, path: str) -> Response:
+    def handle(method: str, path: str) -> httpserve.Response:
         if path == "/metrics":
             return 200, {"Content-Type": CONTENT_TYPE}, registry.render(proxy_mode).encode()
         if path == "/proxyMode":
@@ -425,8 +378,8 @@ async def serve(host: str, port: int, *, proxy_mode: str, registry: Registry = R
                 proxy_mode.encode()
         if path == "/healthz":
             return 200, {"Content-Type": "text/plain; charset=utf-8", "X-Content-Type-Options": "nosniff"}, b"ok"
-        return not_found()
+        return httpserve.not_found()
 
-    server = await serve_http(host, port, handle)
+    server = await httpserve.serve_http(host, port, handle)
     log.info("Serving metrics", address=f"{host}:{port}", proxyMode=proxy_mode)
     return server

@@ -498,6 +498,18 @@ def full_transaction(ports: Mapping[PortKey, PortRules], node: NodeContext,
     return "\n".join(out)
 
 
+
+def _merged(rules) -> tuple[dict[str, list[str]], dict[tuple[str, str], str], dict[str, int]]:
+    """The chains, map/set elements and affinity sets of several service ports, together."""
+    chains: dict[str, list[str]] = {}
+    elements: dict[tuple[str, str], str] = {}
+    affinity: dict[str, int] = {}
+    for pr in rules:
+        chains.update(pr.chains)
+        elements.update(pr.elements)
+        affinity.update(pr.affinity)
+    return chains, elements, affinity
+
 def partial_transaction(old: Iterable[PortRules], new: Iterable[PortRules]) -> str:
     """The `nft -f` input turning the objects of `old` into those of `new` ("" if nothing changes).
 
@@ -506,20 +518,8 @@ def partial_transaction(old: Iterable[PortRules], new: Iterable[PortRules]) -> s
     rules and elements point at them.
     """
     t = TABLE
-    old_chains: dict[str, list[str]] = {}
-    old_elems: dict[tuple[str, str], str] = {}
-    old_aff: dict[str, int] = {}
-    for pr in old:
-        old_chains.update(pr.chains)
-        old_elems.update(pr.elements)
-        old_aff.update(pr.affinity)
-    new_chains: dict[str, list[str]] = {}
-    new_elems: dict[tuple[str, str], str] = {}
-    new_aff: dict[str, int] = {}
-    for pr in new:
-        new_chains.update(pr.chains)
-        new_elems.update(pr.elements)
-        new_aff.update(pr.affinity)
+    old_chains, old_elems, old_aff = _merged(old)
+    new_chains, new_elems, new_aff = _merged(new)
 
     del_sets = [s for s in old_aff if new_aff.get(s) != old_aff[s]]  # gone, or a new timeout: recreate
     recreated = {"@" + s for s in del_sets if s in new_aff}

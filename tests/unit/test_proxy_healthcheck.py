@@ -7,6 +7,7 @@ import json
 import logging
 import socket
 
+from tests.unit.httpget import get
 from pyproxy import metrics
 from pyproxy.healthcheck import ProxyHealth, ServiceHealthServers, go_time, node_is_eligible
 
@@ -17,19 +18,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-async def get(port: int, path: str = "/", method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    status, *lines = head.decode().split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines)
-    assert int(headers["Content-Length"]) == len(body) or method == "HEAD"
-    return int(status.split()[1]), headers, body
 
 
 def port_of(server: asyncio.Server) -> int:
