@@ -5,7 +5,9 @@ last version seen (bookmarks keep it fresh while nothing changes), and a 410
 Gone means that version was compacted away, so the next round lists again.
 Subscribers get `replace(objects)` after each list and `update(obj)` /
 `remove(obj)` for each watch event; `bookmark()` (optional) after each bookmark,
-so a consumer can tell that it has seen everything up to now.
+so a consumer can tell that it has seen everything up to now. With `parse`, every
+object is passed through it as it arrives and subscribers get what it returns,
+so a large list never holds all its raw JSON at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx2
 
@@ -30,19 +33,20 @@ class Gone(Exception):
 
 class ListWatch:
     def __init__(self, http: Callable[[], httpx2.AsyncClient], path: str, *, kind: str,
-                 replace: Callable[[list[dict]], None], update: Callable[[dict], None],
-                 remove: Callable[[dict], None], params: dict[str, str] | None = None,
-                 bookmark: Callable[[], None] | None = None):
+                 replace: Callable[[list[Any]], None], update: Callable[[Any], None],
+                 remove: Callable[[Any], None], params: dict[str, str] | None = None,
+                 bookmark: Callable[[], None] | None = None, parse: Callable[[dict], Any] | None = None):
         self.http = http  # called on each request: the client may be replaced when credentials rotate
         self.path = path
         self.kind = kind
         self.params = dict(params or {})
         self.replace, self.update, self.remove = replace, update, remove
         self.bookmark = bookmark
+        self.parse = parse or (lambda obj: obj)
         self.synced = asyncio.Event()  # set after the first successful list
 
     async def _list(self) -> str:
-        items: list[dict] = []
+        items: list[Any] = []
         params = {**self.params, "limit": str(PAGE_SIZE)}
         while True:
             response = await self.http().get(self.path, params=params)
@@ -50,7 +54,7 @@ class ListWatch:
                 raise Gone()
             response.raise_for_status()
             body = response.json()
-            items.extend(body.get("items") or [])
+            items.extend(map(self.parse, body.get("items") or []))
             meta = body.get("metadata") or {}
             if not meta.get("continue"):
                 break
@@ -79,9 +83,9 @@ class ListWatch:
                     raise RuntimeError(f"watch error: {obj.get('message')}")
                 version = (obj.get("metadata") or {}).get("resourceVersion", version)
                 if kind in ("ADDED", "MODIFIED"):
-                    self.update(obj)
+                    self.update(self.parse(obj))
                 elif kind == "DELETED":
-                    self.remove(obj)
+                    self.remove(self.parse(obj))
                 elif kind == "BOOKMARK" and self.bookmark:
                     self.bookmark()
         return version

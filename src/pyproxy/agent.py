@@ -19,7 +19,7 @@ from nodeagent.listwatch import ListWatch
 
 from pyproxy import metrics
 from pyproxy.backend import Backend, NodeContext, SyncFailed
-from pyproxy.changes import ChangeTracker
+from pyproxy.changes import ChangeTracker, parse_endpoint_slice, parse_service
 from pyproxy.config import ProxyConfig
 from pyproxy.conntrack import ConntrackCleaner, cleanup_needed
 from pyproxy.healthcheck import ProxyHealth, ServiceHealthServers, node_is_eligible
@@ -228,11 +228,11 @@ class Proxy:
                 ListWatch(lambda: self.api.http, "/api/v1/services", kind="Service",
                           params={"labelSelector": "!service.kubernetes.io/service-proxy-name"},
                           replace=self.tracker.replace_services, update=self.tracker.update_service,
-                          remove=self.tracker.remove_service),
+                          remove=self.tracker.remove_service, parse=parse_service),
                 ListWatch(lambda: self.api.http, "/apis/discovery.k8s.io/v1/endpointslices", kind="EndpointSlice",
                           params={"labelSelector": "!service.kubernetes.io/service-proxy-name"},
                           replace=self.tracker.replace_slices, update=self.tracker.update_slice,
-                          remove=self.tracker.remove_slice),
+                          remove=self.tracker.remove_slice, parse=parse_endpoint_slice),
             ]
             tasks += [asyncio.create_task(s.run(), name=f"{s.kind}-watch") for s in self.sources]
             tasks.append(asyncio.create_task(self._start_runner(), name="sync-runner"))

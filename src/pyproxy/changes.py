@@ -1,8 +1,9 @@
 """What the proxy should program, kept current from watch events, and what changed since the last sync.
 
-Watch handlers (`update_service`, `remove_slice`, ...) only parse the object and
-note its service as changed when what it means for the proxy changed (a status
-update or an unrelated annotation changes nothing). `take()` then folds the
+Watch handlers (`update_service`, `remove_slice`, ...) take objects already parsed
+by `parse_service` / `parse_endpoint_slice` (the watch does that as objects
+arrive) and note the service as changed when what it means for the proxy changed
+(a status update or an unrelated annotation changes nothing). `take()` then folds the
 changes into `services` and `endpoints` — the state backends read — and hands
 over the set of changed services, or None when a full sync is due.
 """
@@ -31,6 +32,19 @@ def _trigger(obj: dict) -> tuple[float, str] | None:
     return None if when is None else (when, text)
 
 
+ParsedService = tuple[ServiceName, tuple[ServicePort, ...]]
+ParsedSlice = tuple[SliceKey, ServiceName | None, dict[str, list[Endpoint]], tuple[float, str] | None]
+
+
+def parse_service(obj: dict) -> ParsedService:
+    return _name_of(obj), tuple(services_from_api(obj))
+
+
+def parse_endpoint_slice(obj: dict) -> ParsedSlice:
+    service, ports = parse_slice(obj)
+    return _name_of(obj), service, ports, _trigger(obj)
+
+
 class ChangeTracker:
     def __init__(self, on_change: Callable[[], None] = lambda: None):
         self.on_change = on_change
@@ -47,20 +61,18 @@ class ChangeTracker:
 
     # -- Services
 
-    def replace_services(self, objects: list[dict]) -> None:
-        fresh = {}
-        for obj in objects:
-            fresh[_name_of(obj)] = tuple(services_from_api(obj))
+    def replace_services(self, parsed: list[ParsedService]) -> None:
+        fresh = dict(parsed)
         for name in set(self._ports) - set(fresh):
             self._set_ports(name, ())
         for name, ports in fresh.items():
             self._set_ports(name, ports)
 
-    def update_service(self, obj: dict) -> None:
-        self._set_ports(_name_of(obj), tuple(services_from_api(obj)))
+    def update_service(self, parsed: ParsedService) -> None:
+        self._set_ports(*parsed)
 
-    def remove_service(self, obj: dict) -> None:
-        self._set_ports(_name_of(obj), ())
+    def remove_service(self, parsed: ParsedService) -> None:
+        self._set_ports(parsed[0], ())
 
     def _set_ports(self, name: ServiceName, ports: tuple[ServicePort, ...]) -> None:
         if self._ports.get(name, ()) == ports:
@@ -74,17 +86,16 @@ class ChangeTracker:
 
     # -- EndpointSlices
 
-    def replace_slices(self, objects: list[dict]) -> None:
+    def replace_slices(self, parsed: list[ParsedSlice]) -> None:
         seen = set()
-        for obj in objects:
-            seen.add(_name_of(obj))
-            self.update_slice(obj)
+        for item in parsed:
+            seen.add(item[0])
+            self.update_slice(item)
         for key in set(self._slices) - seen:
             self._drop_slice(key)
 
-    def update_slice(self, obj: dict) -> None:
-        key = _name_of(obj)
-        service, ports = parse_slice(obj)
+    def update_slice(self, parsed: ParsedSlice) -> None:
+        key, service, ports, trigger = parsed
         old = self._slices.get(key)
         if service is None:
             self._drop_slice(key)
@@ -95,13 +106,12 @@ class ChangeTracker:
             self._drop_slice(key)
         self._slices[key] = (service, ports)
         self._slices_of.setdefault(service, set()).add(key)
-        trigger = _trigger(obj)
         if trigger is not None:
             self._triggers[service] = min(trigger, self._triggers.get(service, trigger))
         self._mark_endpoints(service)
 
-    def remove_slice(self, obj: dict) -> None:
-        self._drop_slice(_name_of(obj))
+    def remove_slice(self, parsed: ParsedSlice) -> None:
+        self._drop_slice(parsed[0])
 
     def _drop_slice(self, key: SliceKey) -> None:
         old = self._slices.pop(key, None)

@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
-from pyproxy.changes import ChangeTracker
+from pyproxy.changes import ChangeTracker, parse_endpoint_slice, parse_service
 from pyproxy.runner import BoundedFrequencyRunner
 
 
 def svc(name, ip="10.232.0.10", port=80, ns="t", rv="1", **extra):
-    return {"metadata": {"namespace": ns, "name": name, "resourceVersion": rv, **extra},
-            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port}]}}
+    return parse_service({"metadata": {"namespace": ns, "name": name, "resourceVersion": rv, **extra},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port}]}})
 
 
 def eps(name, ips, slice_name=None, ns="t", trigger=None):
     meta = {"namespace": ns, "name": slice_name or f"{name}-1", "labels": {"kubernetes.io/service-name": name}}
     if trigger:
         meta["annotations"] = {"endpoints.kubernetes.io/last-change-trigger-time": trigger}
-    return {"metadata": meta, "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
-            "endpoints": [{"addresses": [ip]} for ip in ips]}
+    return parse_endpoint_slice({"metadata": meta, "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                                 "endpoints": [{"addresses": [ip]} for ip in ips]})
 
 
 def test_first_take_is_full_then_only_changed_services():
@@ -74,8 +74,9 @@ def test_a_relist_finds_what_was_deleted_while_not_watching():
 def test_bad_objects_are_skipped_and_others_still_tracked():
     t = ChangeTracker()
     bad = {"metadata": {"namespace": "t", "name": "bad"}, "spec": {"clusterIP": "not-an-ip", "ports": []}}
-    t.replace_services([bad, svc("a")])
-    t.replace_slices([{"metadata": {"namespace": "t", "name": "x"}, "endpoints": "nonsense"}, eps("a", ["10.0.0.1"])])
+    t.replace_services([parse_service(bad), svc("a")])
+    t.replace_slices([parse_endpoint_slice({"metadata": {"namespace": "t", "name": "x"}, "endpoints": "nonsense"}),
+                      eps("a", ["10.0.0.1"])])
     t.take()
     assert set(t.services) == {("t", "a", "http")}
 
