@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import abc
 import subprocess
+import tempfile
 from dataclasses import dataclass
-from typing import ClassVar, Collection, Mapping, Sequence
+from typing import ClassVar, Collection, Iterable, Iterator, Mapping, Sequence
 
 from pyproxy.model import Endpoint, ServicePort
 
+TOOL_TIMEOUT = 600  # seconds; loading 10k services into iptables-nft takes minutes on a small host
 PortKey = tuple[str, str, str]  # (namespace, service name, port name)
 ServiceName = tuple[str, str]  # (namespace, service name)
 
@@ -62,7 +64,42 @@ class Backend(abc.ABC):
     def cleanup(self) -> bool:
         """Remove everything this mode may have created (also by an earlier process); True if anything was."""
 
-    def run(self, *argv: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        """Run a tool (iptables-restore, nft...), inside `netns` when one is set."""
-        cmd = (["ip", "netns", "exec", self.netns] if self.netns else []) + list(argv)
-        return subprocess.run(cmd, input=input, capture_output=True, text=True, check=check, timeout=600)
+    def command(self, *argv: str) -> list[str]:
+        return (["ip", "netns", "exec", self.netns] if self.netns else []) + list(argv)
+
+    def run(self, *argv: str, input: str | Iterable[str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """Run a tool (iptables-restore, nft...), inside `netns` when one is set.
+
+        `input` may be an iterable of text chunks, written as they are produced, so a
+        large ruleset is never held whole in memory.
+        """
+        if input is None or isinstance(input, str):
+            return subprocess.run(self.command(*argv), input=input, capture_output=True, text=True, check=check,
+                                  timeout=TOOL_TIMEOUT)
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            proc = subprocess.Popen(self.command(*argv), stdin=subprocess.PIPE, stdout=out, stderr=err, text=True)
+            try:
+                for chunk in input:
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:
+                pass  # the tool gave up early; its exit status and stderr say why
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+            code = proc.wait(timeout=TOOL_TIMEOUT)
+            out.seek(0)
+            err.seek(0)
+            result = subprocess.CompletedProcess(argv, code, out.read(), err.read())
+        if check:
+            result.check_returncode()
+        return result
+
+    def run_lines(self, *argv: str) -> Iterator[str]:
+        """A tool's output, line by line as it comes (iptables-save of a large table)."""
+        with subprocess.Popen(self.command(*argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True) as proc:
+            for line in proc.stdout:
+                yield line.rstrip("\n")

@@ -440,19 +440,35 @@ def detect_variant(run) -> str:
     return "nft" if "nft" in counts or not counts else "legacy"
 
 
+def _digest(lines: Sequence[str]) -> int:
+    """A chain's content as one number: a hash of its rules, with their count in the low 16 bits."""
+    return hash("\n".join(lines)) * 65536 + min(len(lines), 65535)
+
+
+def _rule_count(digest: int) -> int:
+    return digest % 65536
+
+
 class IptablesBackend(Backend):
+    """Keeps, per service port, its lines in the shared chains and the digests of its own chains.
+
+    Own chains' rules are not kept: a full sync streams them to iptables-restore as it
+    plans each service, and a partial sync re-plans only the changed services, so memory
+    stays small with many services.
+    """
     mode = "iptables"
 
     def __init__(self, node: NodeContext, *, netns: str | None = None, variant: str | None = None):
         super().__init__(node, netns=netns)
         self.variant = variant  # "nft", "legacy", or None: detect in check()
-        self.fragments: dict[PortKey, Fragment] = {}
+        self.shared_of: dict[PortKey, dict[tuple[str, str], list[str]]] = {}  # a port's lines in shared chains
+        self.own_of: dict[PortKey, tuple[str, ...]] = {}  # the nat chains a port owns
         self.static = static_rules(node)
-        self.written_own: dict[str, tuple[str, ...]] = {}  # our nat chains as last restored
-        self.chain_sizes: dict[tuple[str, str], int] = {}  # rules per (table, chain) we own, for the metrics
+        self.written_own: dict[str, int] = {}  # digest of each of our nat chains as last restored
+        self.shared_sizes: dict[tuple[str, str], int] = {}  # rules in each shared chain, for the metrics
         self.needs_full = True
         self.last_full = 0.0
-        self.last_text = ""  # the last restore input, for inspection
+        self.last_text = ""  # the last partial restore's input, for inspection
 
     def tool(self, name: str) -> str:
         """iptables, iptables-save or iptables-restore of the chosen backend."""
@@ -464,9 +480,9 @@ class IptablesBackend(Backend):
             raise BackendUnavailable("iptables mode needs iptables-restore (Debian package iptables)")
         if self.variant is None:
             self.variant = detect_variant(lambda *argv, check=True: self.run(*argv, check=check))
-        res = self.run(self.tool("iptables-save"), "-t", "nat", check=False)
-        if res.returncode != 0:
-            raise BackendUnavailable(f"{self.tool('iptables-save')} failed: {res.stderr.strip()}")
+        res = self.run(self.tool("iptables"), "-w", "-t", "nat", "-S", KUBE_SERVICES, check=False)
+        if res.returncode != 0 and "No chain" not in res.stderr and "does not exist" not in res.stderr:
+            raise BackendUnavailable(f"{self.tool('iptables')} failed: {res.stderr.strip()}")
 
     # -- syncing
 
@@ -487,67 +503,104 @@ class IptablesBackend(Backend):
         ensure_jumps(self.run, self.tool("iptables"), localhost_nodeports=self.node.localhost_nodeports)
         if self.node.localhost_nodeports:
             self.run("sysctl", "-q", "-w", "net.ipv4.conf.all.route_localnet=1", check=False)
-        self.fragments = {key: plan_service(svc, endpoints.get(key, ()), self.node)
-                          for key, svc in services.items()}
-        ordered = [self.fragments[k] for k in sorted(self.fragments)]
-        shared = {key: _shared_content(key, self.static, ordered, self.node) for key in _shared_chains(self.node)}
-        own = {c: lines for frag in ordered for c, lines in frag.own.items()}
-        present = existing_chains(self.run(self.tool("iptables-save"), "-t", "nat").stdout)
-        stale = sorted(c for c in present - set(own) if is_service_chain(c))
-        self._restore(restore_text(shared, own, stale))
+        present = self._service_chains_present()
+        shared_of: dict[PortKey, dict[tuple[str, str], list[str]]] = {}
+        own_of: dict[PortKey, tuple[str, ...]] = {}
+        written: dict[str, int] = {}
+
+        def text():
+            shared_nat = [("nat", c) for c in SHARED_NAT]
+            yield "*nat\n" + "".join(f":{c} - [0:0]\n" for _, c in shared_nat)
+            for key in sorted(services):
+                frag = plan_service(services[key], endpoints.get(key, ()), self.node)
+                shared_of[key], own_of[key] = frag.shared, tuple(frag.own)
+                chunk = [f":{c} - [0:0]" for c in frag.own]
+                for chain, lines in frag.own.items():
+                    written[chain] = _digest(lines)
+                    chunk.extend(lines)
+                chunk.append("")
+                yield "\n".join(chunk)
+            ordered = [shared_of[k] for k in sorted(shared_of)]
+            for key in shared_nat:
+                yield "".join(line + "\n" for line in self._shared_lines(key, ordered))
+            stale = sorted(present - set(written))
+            yield "".join(f":{c} - [0:0]\n" for c in stale) + "".join(f"-X {c}\n" for c in stale)
+            yield "COMMIT\n*filter\n"
+            shared_filter = [key for key in _shared_chains(self.node) if key[0] == "filter"]
+            yield "".join(f":{c} - [0:0]\n" for _, c in shared_filter)
+            for key in shared_filter:
+                yield "".join(line + "\n" for line in self._shared_lines(key, ordered))
+            yield "COMMIT\n"
+
+        self.shared_sizes = {}
+        self._restore(text(), keep=False)
         self.run(self.tool("iptables"), "-w", "-t", "mangle", "-N", KUBE_PROXY_CANARY, check=False)
-        self.written_own = {c: tuple(lines) for c, lines in own.items()}
-        self.chain_sizes = {}
-        self._count(shared, own, ())
+        self.shared_of, self.own_of, self.written_own = shared_of, own_of, written
+        self._count()
         self.needs_full = False
         self.last_full = time.monotonic()
 
+    def _shared_lines(self, key: tuple[str, str], ordered) -> list[str]:
+        lines = [line for shared in ordered for line in shared.get(key, ())]
+        lines.extend(self.static.shared.get(key, ()))
+        if key == ("nat", KUBE_SERVICES):
+            lines.extend(nodeports_jump(self.node))
+        self.shared_sizes[key] = len(lines)
+        return lines
+
     def _partial(self, services, endpoints, changed: Collection[ServiceName]) -> None:
         names = set(changed)
-        old_keys = {k for k in self.fragments if (k[0], k[1]) in names}
+        old_keys = {k for k in self.own_of if (k[0], k[1]) in names}
         new_keys = {k for k in services if (k[0], k[1]) in names}
-        old = {k: self.fragments.pop(k) for k in old_keys}
         new = {k: plan_service(services[k], endpoints.get(k, ()), self.node) for k in new_keys}
-        self.fragments.update(new)
-        empty = Fragment()
+        old_shared = {k: self.shared_of.pop(k) for k in old_keys}
+        old_own = {c for k in old_keys for c in self.own_of.pop(k)}
+        no_lines: dict = {}
         dirty_shared = {ck for k in old_keys | new_keys
-                        for ck in set(old.get(k, empty).shared) | set(new.get(k, empty).shared)
-                        if old.get(k, empty).shared.get(ck) != new.get(k, empty).shared.get(ck)}
+                        for ck in set(old_shared.get(k, no_lines)) | set(new[k].shared if k in new else no_lines)
+                        if old_shared.get(k, no_lines).get(ck) != (new[k].shared if k in new else no_lines).get(ck)}
+        for k, frag in new.items():
+            self.shared_of[k], self.own_of[k] = frag.shared, tuple(frag.own)
         shared = {}
         if dirty_shared:
-            ordered = [self.fragments[k] for k in sorted(self.fragments)]
-            shared = {ck: _shared_content(ck, self.static, ordered, self.node)
-                      for ck in _shared_chains(self.node) if ck in dirty_shared}
+            ordered = [self.shared_of[k] for k in sorted(self.shared_of)]
+            shared = {ck: self._shared_lines(ck, ordered) for ck in _shared_chains(self.node) if ck in dirty_shared}
         own = {c: lines for frag in new.values() for c, lines in frag.own.items()
-               if self.written_own.get(c) != tuple(lines)}
-        still_used = {c for frag in new.values() for c in frag.own}
-        gone = sorted({c for frag in old.values() for c in frag.own} - still_used)
+               if self.written_own.get(c) != _digest(lines)}
+        gone = sorted(old_own - {c for frag in new.values() for c in frag.own})
         if not (shared or own or gone):
             return
         self._restore(restore_text(shared, own, gone))
         for c in gone:
             self.written_own.pop(c, None)
-        self.written_own.update((c, tuple(lines)) for c, lines in own.items())
-        self._count(shared, own, gone)
+        self.written_own.update((c, _digest(lines)) for c, lines in own.items())
+        self._count(shared, own)
 
-    def _count(self, shared, own, gone) -> None:
-        """Update the rule-count metrics after a restore of these chains."""
-        written = {"filter": 0, "nat": 0}
-        for (table, chain), lines in shared.items():
-            self.chain_sizes[(table, chain)] = len(lines)
-            written[table] += len(lines)
-        for chain, lines in own.items():
-            self.chain_sizes[("nat", chain)] = len(lines)
-            written["nat"] += len(lines)
-        for chain in gone:
-            self.chain_sizes.pop(("nat", chain), None)
-        for table, count in written.items():
-            metrics.IPTABLES_RULES_LAST_SYNC.set(count, ip_family="IPv4", table=table)
-            metrics.IPTABLES_RULES_TOTAL.set(sum(n for (t, _), n in self.chain_sizes.items() if t == table),
-                                             ip_family="IPv4", table=table)
+    def _count(self, shared=None, own=None) -> None:
+        """Rule-count metrics: all rules we own now, and those the last restore wrote (all, after a full one)."""
+        totals = {"filter": 0, "nat": sum(_rule_count(d) for d in self.written_own.values())}
+        for (table, _), size in self.shared_sizes.items():
+            totals[table] += size
+        if shared is None:
+            last = totals
+        else:
+            last = {"filter": sum(len(v) for (t, _), v in shared.items() if t == "filter"),
+                    "nat": sum(len(v) for (t, _), v in shared.items() if t == "nat") + sum(map(len, own.values()))}
+        for table in ("filter", "nat"):
+            metrics.IPTABLES_RULES_TOTAL.set(totals[table], ip_family="IPv4", table=table)
+            metrics.IPTABLES_RULES_LAST_SYNC.set(last[table], ip_family="IPv4", table=table)
 
-    def _restore(self, text: str) -> None:
-        self.last_text = text
+    def _service_chains_present(self) -> set[str]:
+        """Our per-service nat chains in the kernel now (read from iptables-save, streamed)."""
+        found: set[str] = set()
+        for line in self.run_lines(self.tool("iptables-save"), "-t", "nat"):
+            if line.startswith(":KUBE-") and is_service_chain(line[1:].split(" ", 1)[0]):
+                found.add(line[1:].split(" ", 1)[0])
+        return found
+
+    def _restore(self, text, keep: bool = True) -> None:
+        if keep:
+            self.last_text = text
         res = self.run(self.tool("iptables-restore"), "-w", "--noflush", input=text, check=False)
         if res.returncode != 0:
             self.needs_full = True
@@ -569,7 +622,7 @@ class IptablesBackend(Backend):
             if save.returncode != 0:
                 continue
             removed |= self._cleanup_variant(prefix, save.stdout)
-        self.fragments, self.written_own, self.needs_full = {}, {}, True
+        self.shared_of, self.own_of, self.written_own, self.needs_full = {}, {}, {}, True
         return removed
 
     def _cleanup_variant(self, prefix: str, saved: str) -> bool:

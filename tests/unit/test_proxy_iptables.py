@@ -241,6 +241,8 @@ class FakeTools:
             rc = 0 if argv[-1] in self.present else 1
         if "-D" in argv:
             rc = 0 if argv[argv.index("-D") + 1] in self.present else 1
+        if input is not None and not isinstance(input, str):
+            input = "".join(input)
         if argv[0].endswith("-restore"):
             self.inputs.append(input)
             if self.fail_restore:
@@ -253,6 +255,7 @@ def backend(tools: FakeTools) -> ipt.IptablesBackend:
     b = ipt.IptablesBackend(NodeContext(node_name="n1", node_ips=("10.233.0.1",), cluster_cidr="10.231.0.0/16"),
                             variant="nft")
     b.run = tools
+    b.run_lines = lambda *argv: tools(*argv).stdout.splitlines()
     return b
 
 
