@@ -115,23 +115,30 @@ def proxy_flags(node: Node) -> list[str]:
     return [f"--config={config}", f"--hostname-override={node.name}"]
 
 
-def wait_proxy_ready(node: Node, timeout: float = 60) -> None:
-    """Wait until pyproxy's /healthz on the node answers 200 (its first sync is done)."""
-    import urllib.request
-
-    name = f"pyproxy-{node.name}"
+def _wait_for(node: Node, program: str, ready, timeout: float, what: str) -> None:
+    """Poll `ready()` until it is true; fail early if the agent exits, naming its log."""
+    name = f"{program}-{node.name}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not procs.running(node.cluster, name):
             raise procs.UpError(f"{name} exited during start; see {procs.log_path(node.cluster, name)}")
         try:
-            with urllib.request.urlopen(f"http://{node.ip}:10249/metrics", timeout=2) as response:
-                if b"kubeproxy_sync_proxy_rules_last_timestamp_seconds{" in response.read():
-                    return
-        except OSError:
+            if ready():
+                return
+        except Exception:  # noqa: BLE001 - not there yet
             pass
         time.sleep(0.5)
-    raise procs.UpError(f"{name} did not sync within {timeout:.0f}s; see {procs.log_path(node.cluster, name)}")
+    raise procs.UpError(f"{what} within {timeout:.0f}s; see {procs.log_path(node.cluster, name)}")
+
+
+def wait_proxy_ready(node: Node, timeout: float = 60) -> None:
+    """Wait until pyproxy's metrics show its first sync done."""
+    import urllib.request
+
+    def synced() -> bool:
+        with urllib.request.urlopen(f"http://{node.ip}:10249/metrics", timeout=2) as response:
+            return b"kubeproxy_sync_proxy_rules_last_timestamp_seconds{" in response.read()
+    _wait_for(node, "pyproxy", synced, timeout, f"pyproxy on {node.name} did not sync")
 
 
 def wait_node_ready(node: Node, timeout: float = 60) -> None:
@@ -140,20 +147,11 @@ def wait_node_ready(node: Node, timeout: float = 60) -> None:
     from lightkube.resources.core_v1 import Node as NodeResource
 
     client = Client(config=KubeConfig.from_file(str(node.cluster.admin_kubeconfig)))
-    name = f"pykubelet-{node.name}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not procs.running(node.cluster, name):
-            raise procs.UpError(f"{name} exited during start; see {procs.log_path(node.cluster, name)}")
-        try:
-            status = client.get(NodeResource, node.name).status
-            if any(c.type == "Ready" and c.status == "True" for c in (status.conditions or [])):
-                return
-        except Exception:  # noqa: BLE001 - not registered yet
-            pass
-        time.sleep(0.5)
-    raise procs.UpError(f"node {node.name} did not become Ready within {timeout:.0f}s; "
-                        f"see {procs.log_path(node.cluster, name)}")
+
+    def ready() -> bool:
+        status = client.get(NodeResource, node.name).status
+        return any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
+    _wait_for(node, "pykubelet", ready, timeout, f"node {node.name} did not become Ready")
 
 
 def start(node: Node, program: str, *flags: str, instance: str = "") -> Agent:
