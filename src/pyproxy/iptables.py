@@ -28,7 +28,7 @@ from typing import Collection, Iterable, Mapping, Sequence
 
 from pyproxy import metrics
 from pyproxy.backend import Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed
-from pyproxy.model import Endpoint, ServicePort
+from pyproxy.model import Endpoint, ServicePort, is_ipv4
 from pyproxy.topology import categorize
 
 log = logging.getLogger("pyproxy")
@@ -121,11 +121,6 @@ def _q(text: str) -> str:
     return '"' + text.replace('"', "'") + '"'
 
 
-def _is_v4(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).version == 4
-    except ValueError:
-        return False
 
 
 @dataclass
@@ -175,7 +170,7 @@ def plan_service(svc: ServicePort, endpoints: Sequence[Endpoint], node: NodeCont
     if svc.external_policy_local:
         external_policy_chain, has_external = svl_c, has_eps and bool(local_eps)
     uses_ext_chain = has_eps and svc.externally_accessible
-    lb_ips = [ip for ip in svc.load_balancer_ips if _is_v4(ip)]
+    lb_ips = [ip for ip in svc.load_balancer_ips if is_ipv4(ip)]
     uses_fw = has_eps and bool(lb_ips) and bool(svc.load_balancer_source_ranges)
     lb_chain = fw_c if uses_fw else ext_c
     if not has_eps:
@@ -191,7 +186,7 @@ def plan_service(svc: ServicePort, endpoints: Sequence[Endpoint], node: NodeCont
     match = ("-m", proto, "-p", proto)
     dport = ("--dport", str(svc.port))
 
-    cluster_ips = [ip for ip in svc.cluster_ips if _is_v4(ip)]
+    cluster_ips = [ip for ip in svc.cluster_ips if is_ipv4(ip)]
     for cip in cluster_ips:
         if has_internal:
             frag.nat(KUBE_SERVICES, "-m", "comment", "--comment", _q(f"{name} cluster IP"),
@@ -199,7 +194,7 @@ def plan_service(svc: ServicePort, endpoints: Sequence[Endpoint], node: NodeCont
         else:
             frag.filt(KUBE_SERVICES, "-m", "comment", "--comment", int_comment,
                      *match, "-d", cip, *dport, "-j", int_target)
-    for eip in (ip for ip in svc.external_ips if _is_v4(ip)):
+    for eip in (ip for ip in svc.external_ips if is_ipv4(ip)):
         if has_eps:
             frag.nat(KUBE_SERVICES, "-m", "comment", "--comment", _q(f"{name} external IP"),
                     *match, "-d", eip, *dport, "-j", ext_c)
@@ -379,14 +374,14 @@ def _nodeport_ips(cidrs: Sequence[str], node_ips: Sequence[str], localhost: bool
     nets = []
     for c in cidrs:
         if c == "primary":
-            nets.extend(ipaddress.ip_network(f"{ip}/32") for ip in node_ips if _is_v4(ip))
+            nets.extend(ipaddress.ip_network(f"{ip}/32") for ip in node_ips if is_ipv4(ip))
             continue
         try:
             nets.append(ipaddress.ip_network(c, strict=False))
         except ValueError:
             log.warning("ignoring invalid nodeport address %r", c)
     out = []
-    candidates = [ip for ip in node_ips if _is_v4(ip)] + (["127.0.0.1"] if localhost else [])
+    candidates = [ip for ip in node_ips if is_ipv4(ip)] + (["127.0.0.1"] if localhost else [])
     for ip in candidates:
         addr = ipaddress.ip_address(ip)
         if any(addr.version == n.version and addr in n for n in nets) and ip not in out:

@@ -48,7 +48,7 @@ from typing import Callable, Collection, Iterable, Iterator, Mapping, NamedTuple
 
 from pyproxy.backend import Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed
 from pyproxy.iptables import MASQ_MARK, Jump
-from pyproxy.model import Endpoint, ServicePort
+from pyproxy.model import Endpoint, ServicePort, is_ipv4
 from pyproxy.topology import categorize
 
 log = logging.getLogger("pyproxy")
@@ -164,11 +164,6 @@ RSKey = tuple[str, int]  # (ip, port)
 SetEntry = tuple[str, str]  # (set name, member in ipset's text form)
 
 
-def _is_v4(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).version == 4
-    except ValueError:
-        return False
 
 
 def _q(text: str) -> str:
@@ -233,9 +228,9 @@ class Plan:
 def nodeport_addresses(node: NodeContext, node_addresses: Iterable[str]) -> list[str]:
     """The addresses NodePorts answer on: the node's local IPv4 addresses (never loopback,
     as upstream's IPVS mode), narrowed by --nodeport-addresses ("primary": the node IPs)."""
-    local = sorted({ip for ip in node_addresses if _is_v4(ip) and not ipaddress.ip_address(ip).is_loopback},
+    local = sorted({ip for ip in node_addresses if is_ipv4(ip) and not ipaddress.ip_address(ip).is_loopback},
                    key=ipaddress.ip_address)
-    primary = [ip for ip in node.node_ips if _is_v4(ip) and not ipaddress.ip_address(ip).is_loopback]
+    primary = [ip for ip in node.node_ips if is_ipv4(ip) and not ipaddress.ip_address(ip).is_loopback]
     if not node.nodeport_addresses:
         return local or primary
     out: list[str] = []
@@ -255,9 +250,9 @@ def nodeport_addresses(node: NodeContext, node_addresses: Iterable[str]) -> list
 def build_plan(services: Mapping[PortKey, ServicePort], endpoints: Mapping[PortKey, Sequence[Endpoint]],
                node: NodeContext, node_addresses: Iterable[str], scheduler: str = DEFAULT_SCHEDULER) -> Plan:
     """Everything the kernel should hold for these services (IPv4 only). Pure."""
-    node_addrs = {ip for ip in node_addresses if _is_v4(ip)}
+    node_addrs = {ip for ip in node_addresses if is_ipv4(ip)}
     np_ips = nodeport_addresses(node, node_addrs)
-    primary = next((ip for ip in node.node_ips if _is_v4(ip)), None)
+    primary = next((ip for ip in node.node_ips if is_ipv4(ip)), None)
     by_service: dict[ServiceName, ServicePlan] = {}
     for svc in sorted(services.values(), key=lambda s: (s.namespace, s.name, s.port_name, s.protocol)):
         sp = by_service.setdefault((svc.namespace, svc.name), ServicePlan())
@@ -286,7 +281,7 @@ def build_plan(services: Mapping[PortKey, ServicePort], endpoints: Mapping[PortK
 def _plan_port(sp: ServicePlan, svc: ServicePort, endpoints: Sequence[Endpoint], node: NodeContext,
                node_addrs: set[str], np_ips: list[str], primary: str | None, scheduler: str) -> None:
     proto, p = svc.protocol, svc.protocol.lower()
-    eps = [e for e in endpoints if _is_v4(e.ip)]
+    eps = [e for e in endpoints if is_ipv4(e.ip)]
     picked = categorize(svc, eps, node.node_name, node.zone)
 
     def chosen(only_local: bool) -> list[Endpoint]:
@@ -312,17 +307,17 @@ def _plan_port(sp: ServicePlan, svc: ServicePort, endpoints: Sequence[Endpoint],
         if e.node_name == node.node_name:
             sp.entries.add((LOOP_BACK, f"{e.ip},{p}:{e.port},{e.ip}"))
     internal, external = chosen(svc.internal_policy_local), chosen(svc.external_policy_local)
-    for ip in (ip for ip in svc.cluster_ips if _is_v4(ip)):
+    for ip in (ip for ip in svc.cluster_ips if is_ipv4(ip)):
         sp.entries.add((CLUSTER_IP, f"{ip},{p}:{svc.port}"))
         virtual_server(ip, svc.port, internal, True)
-    for ip in (ip for ip in svc.external_ips if _is_v4(ip)):
+    for ip in (ip for ip in svc.external_ips if is_ipv4(ip)):
         sp.entries.add((EXTERNAL_IP_LOCAL if svc.external_policy_local else EXTERNAL_IP, f"{ip},{p}:{svc.port}"))
         # an address the node already has is not bound again on kube-ipvs0
         virtual_server(ip, svc.port, external, ip not in node_addrs)
     ranges = [net for net in map(ipaddress.ip_network, svc.load_balancer_source_ranges) if net.version == 4]
     if any(net.prefixlen == 0 for net in ranges):
         ranges = []  # 0.0.0.0/0 allows everyone (and hash:ip,port,net cannot hold a /0)
-    for ip in (ip for ip in svc.load_balancer_ips if _is_v4(ip)):
+    for ip in (ip for ip in svc.load_balancer_ips if is_ipv4(ip)):
         entry = f"{ip},{p}:{svc.port}"
         sp.entries.add((LOAD_BALANCER, entry))
         if svc.external_policy_local:

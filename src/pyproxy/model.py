@@ -8,6 +8,7 @@ the ``pyproxy`` logger; nothing here raises on bad input.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from dataclasses import dataclass, field
@@ -84,6 +85,15 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.ip}:{self.port}"
+
+
+@functools.lru_cache(maxsize=65536)
+def is_ipv4(ip: str) -> bool:
+    """True for an IPv4 address text; the modes program IPv4 only. (Cached: every sync asks for every endpoint.)"""
+    try:
+        return ipaddress.ip_address(ip).version == 4
+    except ValueError:
+        return False
 
 
 def _ip(value) -> str | None:

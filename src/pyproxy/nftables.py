@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Sequence
 
 from pyproxy.backend import Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed
-from pyproxy.model import Endpoint, ServicePort
+from pyproxy.model import Endpoint, ServicePort, is_ipv4
 from pyproxy.topology import categorize
 
 log = logging.getLogger("pyproxy")
@@ -150,9 +150,6 @@ def affinity_set(svc: ServicePort, ep: Endpoint) -> str:
     return "affinity-" + endpoint_base(svc, ep)
 
 
-def _is_v4(ip: str) -> bool:
-    """For addresses already validated (model.py normalizes them): IPv4 has no colon."""
-    return ":" not in ip and "." in ip
 
 
 def _v4_addr(ip: str) -> ipaddress.IPv4Address | None:
@@ -192,13 +189,13 @@ class PortRules:
 
 def render_port(svc: ServicePort, endpoints: Sequence[Endpoint], node: NodeContext) -> PortRules | None:
     """The chains, map/set elements and affinity sets of one service port; None if it has no IPv4 ClusterIP."""
-    cluster_ips = [ip for ip in svc.cluster_ips if _is_v4(ip)]
+    cluster_ips = [ip for ip in svc.cluster_ips if is_ipv4(ip)]
     if not cluster_ips:
         return None
     cip = cluster_ips[0]
     proto = svc.protocol.lower()
     name = svc.name_string
-    eps = [e for e in endpoints if _is_v4(e.ip)]
+    eps = [e for e in endpoints if is_ipv4(e.ip)]
     picked = categorize(svc, eps, node.node_name, node.zone)
     has_any = picked.has_any
     base = chain_base(svc)
@@ -247,14 +244,14 @@ def render_port(svc: ServicePort, endpoints: Sequence[Endpoint], node: NodeConte
     else:
         element(NO_ENDPOINT_SERVICES, key, f"{comment} : {int_verdict}")
     for eip in svc.external_ips:
-        if not _is_v4(eip):
+        if not is_ipv4(eip):
             continue
         key = f"{eip} . {proto} . {port}"
         if has_any:
             element(SERVICE_IPS, key, f" : goto {ext_c}")
         if not has_external:
             element(NO_ENDPOINT_SERVICES, key, f"{comment} : {ext_verdict}")
-    lb_ips = [ip for ip in svc.load_balancer_ips if _is_v4(ip)]
+    lb_ips = [ip for ip in svc.load_balancer_ips if is_ipv4(ip)]
     ranges = [net for net in map(_v4_net, svc.load_balancer_source_ranges) if net is not None]
     uses_fw = bool(lb_ips) and bool(ranges)
     for lbip in lb_ips:
