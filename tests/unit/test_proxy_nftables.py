@@ -45,26 +45,31 @@ def test_names_match_upstream_hashes():
 
 def test_basic_cluster_ip_matches_upstream():
     r = nft.render_port(sp(), [ep("10.180.0.1")], NODE)
-    svc, epc = "service-ULMVA6XW-ns1/svc1/tcp/p80", "endpoint-5OJB2KTY-ns1/svc1/tcp/p80__10.180.0.1/80"
+    svc = "service-ULMVA6XW-ns1/svc1/tcp/p80"
+    # As v1.36 without affinity: DNAT in the service chain, no endpoint chain; the mark is set
+    # inline (no jump to re-validate when endpoints change); hairpin through @hairpin-connections.
     assert r.chains == {
-        svc: ["ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.0.0.0/8 jump mark-for-masquerade", f"goto {epc}"],
-        epc: ["ip saddr 10.180.0.1 jump mark-for-masquerade", "meta l4proto tcp dnat to 10.180.0.1:80"],
+        svc: ["ip daddr 172.30.0.41 tcp dport 80 ip saddr != 10.0.0.0/8 mark set mark or 0x4000",
+              "meta l4proto tcp dnat to 10.180.0.1:80"],
     }
     assert r.elements == {
         ("cluster-ips", "172.30.0.41"): "",
         ("service-ips", "172.30.0.41 . tcp . 80"): f" : goto {svc}",
+        ("hairpin-connections", "10.180.0.1 . 10.180.0.1 . tcp . 80"): "",
     }
     assert r.affinity == {}
+    # Only endpoints on this node can reach themselves through this node's rules.
+    assert not any(k[0] == "hairpin-connections" for k in nft.render_port(sp(), [ep("10.180.0.1", node="node2")],
+                                                                          NODE).elements)
 
 
 def test_random_pick_is_a_chain_of_plain_rules_with_equal_odds():
     eps = [ep(f"10.180.0.{i}") for i in (1, 2, 3)]
     r = nft.render_port(sp(), eps, NODE)
-    names = [nft.endpoint_chain(sp(), e) for e in eps]
     assert r.chains[nft.service_chain(sp())][1:] == [
-        f"numgen random mod 3 == 0 goto {names[0]}",
-        f"numgen random mod 2 == 0 goto {names[1]}",
-        f"goto {names[2]}",
+        "numgen random mod 3 == 0 meta l4proto tcp dnat to 10.180.0.1:80",
+        "numgen random mod 2 == 0 meta l4proto tcp dnat to 10.180.0.2:80",
+        "meta l4proto tcp dnat to 10.180.0.3:80",
     ]
     text = nft.full_transaction({sp().key: r}, NODE, None)
     assert "vmap {" not in text  # no anonymous verdict maps per service
@@ -85,7 +90,7 @@ def test_no_endpoints_rejects_and_writes_no_chain():
 def test_serving_terminating_fallback():
     eps = [ep("10.180.0.1", ready=False, serving=True, terminating=True), ep("10.180.0.2", ready=False, serving=False)]
     r = nft.render_port(sp(), eps, NODE)
-    assert set(r.chains) == {nft.service_chain(sp()), nft.endpoint_chain(sp(), eps[0])}
+    assert r.chains[nft.service_chain(sp())][1:] == ["meta l4proto tcp dnat to 10.180.0.1:80"]
 
 
 def test_external_traffic_policy_local_matches_upstream():
@@ -109,7 +114,7 @@ def test_external_traffic_policy_local_matches_upstream():
     r = nft.render_port(s2, [ep("10.180.0.2", node="node2"), ep("10.180.0.9")], NODE)
     local = nft.local_chain(s2)
     assert r.chains[ext][-1] == f"goto {local}"
-    assert r.chains[local] == [f"goto {nft.endpoint_chain(s2, ep('10.180.0.9'))}"]
+    assert r.chains[local] == ["meta l4proto tcp dnat to 10.180.0.9:80"]
     assert not any(k[0].startswith("no-endpoint") for k in r.elements)
 
 
@@ -127,7 +132,7 @@ def test_internal_traffic_policy_local_without_local_endpoints_drops():
     assert r.elements[("no-endpoint-services", "172.30.0.41 . tcp . 80")] == ' comment "ns1/svc1:p80" : drop'
     r = nft.render_port(s, [ep("10.180.0.1", node="node2"), ep("10.180.0.2")], NODE)
     assert r.elements[("service-ips", "172.30.0.41 . tcp . 80")] == f" : goto {nft.local_chain(s)}"
-    assert r.chains[nft.local_chain(s)][1:] == [f"goto {nft.endpoint_chain(s, ep('10.180.0.2'))}"]
+    assert r.chains[nft.local_chain(s)][1:] == ["meta l4proto tcp dnat to 10.180.0.2:80"]
 
 
 def test_load_balancer_source_ranges_and_affinity_match_upstream():
@@ -139,8 +144,7 @@ def test_load_balancer_source_ranges_and_affinity_match_upstream():
     assert r.chains[fw] == ["ip saddr != { 203.0.113.0/25 } drop"]
     assert r.elements[("firewall-ips", "5.6.7.8 . tcp . 80")] == f' comment "ns5/svc5:p80" : goto {fw}'
     assert r.chains[svc][1:] == [f"ip saddr @{aff} goto {epc}", f"goto {epc}"]
-    assert r.chains[epc] == ["ip saddr 10.180.0.3 jump mark-for-masquerade", f"update @{aff} {{ ip saddr }}",
-                             "meta l4proto tcp dnat to 10.180.0.3:80"]
+    assert r.chains[epc] == [f"update @{aff} {{ ip saddr }}", "meta l4proto tcp dnat to 10.180.0.3:80"]
     assert r.affinity == {aff: 10800}
     # A source range holding the node IP also admits the LB IP itself (hairpin via a local VIP).
     r = nft.render_port(dataclasses.replace(s5, load_balancer_source_ranges=("192.168.0.0/24",)),
@@ -150,9 +154,9 @@ def test_load_balancer_source_ranges_and_affinity_match_upstream():
 
 def test_masquerade_all_and_no_cluster_cidr():
     r = nft.render_port(sp(), [ep("10.180.0.1")], NodeContext(node_name="node1", masquerade_all=True))
-    assert r.chains[nft.service_chain(sp())][0] == "ip daddr 172.30.0.41 tcp dport 80 jump mark-for-masquerade"
+    assert r.chains[nft.service_chain(sp())][0] == "ip daddr 172.30.0.41 tcp dport 80 mark set mark or 0x4000"
     r = nft.render_port(sp(), [ep("10.180.0.1")], NodeContext(node_name="node1"))
-    assert r.chains[nft.service_chain(sp())] == [f"goto {nft.endpoint_chain(sp(), ep('10.180.0.1'))}"]
+    assert r.chains[nft.service_chain(sp())] == ["meta l4proto tcp dnat to 10.180.0.1:80"]
 
 
 def test_ipv6_is_skipped_quietly():
@@ -165,8 +169,7 @@ def test_ipv6_is_skipped_quietly():
 def test_udp_and_sctp():
     r = nft.render_port(sp(proto="UDP", port=53), [ep("10.180.0.1", 5353)], NODE)
     assert ("service-ips", "172.30.0.41 . udp . 53") in r.elements
-    assert "meta l4proto udp dnat to 10.180.0.1:5353" in r.chains[nft.endpoint_chain(sp(proto="UDP"),
-                                                                                    ep("10.180.0.1", 5353))]
+    assert "meta l4proto udp dnat to 10.180.0.1:5353" in r.chains[nft.service_chain(sp(proto="UDP"))]
     r = nft.render_port(sp(proto="SCTP"), [ep("10.180.0.1")], NODE)
     assert r.chains[nft.service_chain(sp(proto="SCTP"))][0].startswith("ip daddr 172.30.0.41 sctp dport 80 ")
 
@@ -226,25 +229,36 @@ def test_affinity_entries_survive_a_full_sync():
 
 
 def test_partial_transaction_orders_references_before_deletes():
+    t = "ip kube-proxy"
+    # With affinity, endpoints have chains: the old one is emptied and deleted only after the service
+    # chain that points at it is flushed; a new one is declared before the rules that jump to it.
+    s = sp(session_affinity="ClientIP")
+    old = nft.render_port(s, [ep("10.180.0.1"), ep("10.180.0.2")], NODE)
+    new = nft.render_port(s, [ep("10.180.0.2"), ep("10.180.0.3")], NODE)
+    lines = nft.partial_transaction([old], [new]).splitlines()
+    svc = nft.service_chain(s)
+    gone, kept, added = (nft.endpoint_chain(s, ep(f"10.180.0.{i}")) for i in (1, 2, 3))
+    at = {line: i for i, line in enumerate(lines)}
+    assert at[f"flush chain {t} {svc}"] < at[f"flush chain {t} {gone}"] < at[f"delete chain {t} {gone}"]
+    assert at[f"add chain {t} {added}"] < next(i for i, line in enumerate(lines) if line.startswith(
+        f"add chain {t} {svc} {{"))
+    assert not any(line.split()[4] == kept for line in lines if line.split()[1] == "chain")  # untouched
+    assert f"delete set {t} {nft.affinity_set(s, ep('10.180.0.1'))}" in lines
+    # Without affinity an endpoint change rewrites the service chain alone (and the hairpin set).
     s = sp()
     old = nft.render_port(s, [ep("10.180.0.1"), ep("10.180.0.2")], NODE)
     new = nft.render_port(s, [ep("10.180.0.2"), ep("10.180.0.3")], NODE)
     lines = nft.partial_transaction([old], [new]).splitlines()
-    t = "ip kube-proxy"
-    svc = nft.service_chain(s)
-    gone, kept, added = (nft.endpoint_chain(s, ep(f"10.180.0.{i}")) for i in (1, 2, 3))
-    assert lines[:4] == [f"flush chain {t} {svc}", f"flush chain {t} {gone}", f"delete chain {t} {gone}",
-                         f"add chain {t} {added}"]
-    assert lines[4].startswith(f"add chain {t} {svc} {{ ")
-    assert lines[5].startswith(f"add chain {t} {added} {{ ")
-    assert len(lines) == 6 and not any(line.split()[4] == kept for line in lines)  # untouched chain
+    assert {line.split()[4] for line in lines if line.split()[1] == "chain"} == {nft.service_chain(s)}
+    assert not any("jump" in line or "goto" in line for line in lines)  # nothing for the kernel to re-validate
     assert nft.partial_transaction([new], [new]) == ""
 
     # Going to zero endpoints: the map element goes first, then the chains.
     empty = nft.render_port(s, [], NODE)
     lines = nft.partial_transaction([new], [empty]).splitlines()
     assert lines[0] == f"delete element {t} service-ips {{ 172.30.0.41 . tcp . 80 }}"
-    assert [line.split()[0:2] for line in lines[1:4]] == [["flush", "chain"]] * 3
+    assert [line.split()[0:2] for line in lines[1:4]] == [["delete", "element"], ["flush", "chain"],
+                                                          ["delete", "chain"]]
     assert lines[-1].startswith(f"add map {t} no-endpoint-services {{") and "goto reject-chain" in lines[-1]
     # A deleted service: everything goes, nothing is added.
     lines = nft.partial_transaction([new], []).splitlines()
@@ -356,4 +370,4 @@ def test_backend_nodeport_addresses_use_local_addresses():
 def test_dual_stack_cluster_cidr_uses_its_ipv4_part():
     node = NodeContext(node_name="node1", cluster_cidr="fd00:10::/56,10.0.0.0/8")
     r = nft.render_port(sp(), [ep("10.180.0.1")], node)
-    assert r.chains[nft.service_chain(sp())][0].endswith("ip saddr != 10.0.0.0/8 jump mark-for-masquerade")
+    assert r.chains[nft.service_chain(sp())][0].endswith("ip saddr != 10.0.0.0/8 mark set mark or 0x4000")
