@@ -43,9 +43,9 @@ SHORTHANDS = {"v": "v", "h": "help"}
 WITH_CONFIG_FILE = frozenset({"config", "write-config-to", "cleanup", "init-only", "hostname-override", "v",
                               "vmodule", "logging-format", "log-flush-frequency", "version", "help"})
 # Flags we accept for compatibility but that change nothing here.
-NO_EFFECT = frozenset({"profiling", "show-hidden-metrics-for-version", "kube-api-content-type", "kube-api-burst",
-                       "kube-api-qps", "bind-address-hard-fail", "oom-score-adj", "conntrack-max-per-core",
-                       "conntrack-min", "conntrack-tcp-timeout-established", "conntrack-tcp-be-liberal",
+NO_EFFECT = frozenset({"master", "profiling", "show-hidden-metrics-for-version", "kube-api-content-type",
+                       "kube-api-burst", "kube-api-qps", "bind-address-hard-fail", "oom-score-adj",
+                       "conntrack-max-per-core", "conntrack-min", "conntrack-tcp-timeout-established", "conntrack-tcp-be-liberal",
                        "conntrack-udp-timeout", "conntrack-udp-timeout-stream", "config-sync-period",
                        "feature-gates", "vmodule", "logging-format", "log-flush-frequency",
                        "log-text-split-stream", "log-text-info-buffer-size", "log-json-split-stream",
@@ -61,7 +61,6 @@ class ConfigError(Exception):
 class ProxyConfig:
     """The effective settings (durations in seconds)."""
     kubeconfig: str = ""
-    master: str = ""
     hostname: str = ""
     bind_address: str = "0.0.0.0"
     healthz_bind_address: str = "0.0.0.0:10256"
@@ -322,8 +321,6 @@ def parse(argv: list[str], log_ignored=None) -> ProxyConfig:
             cfg.init_only = _flag_bool(flag)
         elif flag.name == "write-config-to":
             cfg.write_config_to = flag.value or ""
-        elif flag.name == "master":
-            cfg.master = flag.value or ""
     if not cfg.hostname:
         cfg.hostname = socket.gethostname().strip().lower()
     return cfg
