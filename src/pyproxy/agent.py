@@ -87,6 +87,7 @@ class Proxy:
         self.node_seen = asyncio.Event()
         self.backend: Backend | None = None
         self.synced_once = asyncio.Event()
+        self.local_policy: dict[tuple[str, str], tuple[int, int, int, int]] = {}  # see _local_policy_state
         self.sources: list[ListWatch] = []
 
     # -- watch callbacks
@@ -158,7 +159,7 @@ class Proxy:
         log.debug("Synced proxy rules", full=full, services=len(services), elapsed=f"{elapsed:.3f}s")
         for trigger in triggers:
             metrics.observe_network_programming(trigger)
-        await self._service_health(services, endpoints)
+        await self._service_health(changed, services, endpoints)
         if changed is None or cleanup_needed(changed, before, services):
             await self.conntrack.clean(services, endpoints)
         if not self.synced_once.is_set():
@@ -167,25 +168,44 @@ class Proxy:
             log.info("Proxy rules in place", mode=self.config.mode, services=len(services))
         return False
 
-    async def _service_health(self, services, endpoints) -> None:
-        """healthCheckNodePort servers for externalTrafficPolicy Local services, with their local endpoint counts."""
-        wanted: dict[tuple[str, str], tuple[int, int]] = {}
-        without_local = {"internal": 0, "external": 0}
-        for key, svc in services.items():
+    async def _service_health(self, changed, services, endpoints) -> None:
+        """healthCheckNodePort servers (externalTrafficPolicy Local) with their local endpoint counts, and the
+        count of Local-policy services without local endpoints; recomputed for the changed services only."""
+        if changed is None:
+            self.local_policy = {}
+            changed = {}
+            for key in services:
+                changed.setdefault((key[0], key[1]), []).append(key)
+        for name, keys in changed.items():
+            state = self._local_policy_state(keys, services, endpoints)
+            if state is None:
+                self.local_policy.pop(name, None)
+            else:
+                self.local_policy[name] = state
+        for policy, index in (("internal", 2), ("external", 3)):
+            metrics.SYNC_PROXY_RULES_NO_LOCAL_ENDPOINTS_TOTAL.set(
+                sum(state[index] for state in self.local_policy.values()), ip_family="IPv4", traffic_policy=policy)
+        await self.service_health.sync({name: (port, local) for name, (port, local, _, _) in self.local_policy.items()
+                                        if port})
+
+    def _local_policy_state(self, keys, services, endpoints) -> tuple[int, int, int, int] | None:
+        """(healthCheckNodePort, local endpoints, ports without local endpoints for the internal / external
+        policy) of one service; None if none of its ports has a Local policy."""
+        port = local_max = no_internal = no_external = 0
+        relevant = False
+        for key in keys:
+            svc = services[key]
             if not svc.uses_local_endpoints:
                 continue
+            relevant = True
             eps = endpoints.get(key, ())
             local = sum(1 for e in eps if e.ready and e.node_name == self.config.hostname)
             if not local and eps:
-                without_local["internal"] += svc.internal_policy_local
-                without_local["external"] += svc.external_policy_local
+                no_internal += svc.internal_policy_local
+                no_external += svc.external_policy_local
             if svc.health_check_node_port and svc.external_policy_local:
-                name = (svc.namespace, svc.name)
-                port, count = wanted.get(name, (svc.health_check_node_port, 0))
-                wanted[name] = (port, max(count, local))
-        for policy, count in without_local.items():
-            metrics.SYNC_PROXY_RULES_NO_LOCAL_ENDPOINTS_TOTAL.set(count, ip_family="IPv4", traffic_policy=policy)
-        await self.service_health.sync(wanted)
+                port, local_max = svc.health_check_node_port, max(local_max, local)
+        return (port, local_max, no_internal, no_external) if relevant else None
 
     # -- running
 

@@ -21,6 +21,23 @@ PortKey = tuple[str, str, str]  # (namespace, service name, port name)
 ServiceName = tuple[str, str]  # (namespace, service name)
 
 
+def changed_ports(changed: Collection[ServiceName], services: Mapping[PortKey, ServicePort],
+                  ) -> Mapping[ServiceName, Sequence[PortKey]]:
+    """The changed services with their port keys in `services` now.
+
+    The agent's change tracker passes `changed` as exactly that mapping; given bare
+    names (tests, tools), the keys are looked up, which costs a pass over `services`.
+    """
+    if isinstance(changed, Mapping):
+        return changed
+    names = set(changed)
+    found: dict[ServiceName, list[PortKey]] = {name: [] for name in names}
+    for key in services:
+        if (key[0], key[1]) in names:
+            found[(key[0], key[1])].append(key)
+    return found
+
+
 class BackendUnavailable(Exception):
     """This mode cannot run on this host (missing kernel support or tools); the message says what is missing."""
 
@@ -55,6 +72,10 @@ class Backend(abc.ABC):
     def sync(self, services: Mapping[PortKey, ServicePort], endpoints: Mapping[PortKey, Sequence[Endpoint]],
              changed: Collection[ServiceName] | None) -> bool:
         """Program the kernel for `services`; `changed` None means a full sync. Returns True if it was full.
+
+        `changed` names the services that changed since the last sync; the agent passes it
+        as a mapping to their port keys now (see `changed_ports`), so a partial sync never
+        has to scan every service.
 
         Raises SyncFailed when the kernel refused the update; the kernel is then left
         as it was before the call.

@@ -144,11 +144,12 @@ class ChangeTracker:
         self._full = True
         self.on_change()
 
-    def take(self) -> tuple[set[ServiceName] | None, dict[PortKey, ServicePort], list[str]]:
+    def take(self) -> tuple[dict[ServiceName, tuple[PortKey, ...]] | None, dict[PortKey, ServicePort], list[str]]:
         """Fold pending changes into `services`/`endpoints`.
 
-        Returns the changed services (None: sync everything), the service ports those
-        services had before, and the trigger-time annotations of their endpoint changes.
+        Returns the changed services with their port keys now (None: sync everything),
+        the service ports those services had before, and the trigger-time annotations of
+        their endpoint changes.
         """
         changed, self._dirty = self._dirty, set()
         self._endpoint_changes = set()
@@ -169,4 +170,5 @@ class ChangeTracker:
         metrics.SERVICE_CHANGES_PENDING.set(0)
         metrics.ENDPOINT_CHANGES_PENDING.set(0)
         full, self._full = self._full, False
-        return (None if full else changed), before, [text for _, text in triggers.values()]
+        ports = None if full else {name: self._applied.get(name, ()) for name in changed}
+        return ports, before, [text for _, text in triggers.values()]

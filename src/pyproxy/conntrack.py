@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import itertools
 import socket
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -38,12 +39,11 @@ from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket, NFCTAttrTuple
 
 from nodeagent import logs
 from pyproxy import metrics
+from pyproxy.backend import PortKey, ServiceName
 from pyproxy.model import Endpoint, ServicePort
 
 log = logs.get(__name__)
 
-PortKey = tuple[str, str, str]  # (namespace, service name, port name)
-ServiceName = tuple[str, str]  # (namespace, service name)
 IP_PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": socket.IPPROTO_SCTP}
 _PROTOCOL_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 _FAMILIES = {"IPv4": socket.AF_INET, "IPv6": socket.AF_INET6}
@@ -140,17 +140,18 @@ def _is_stale(flow: Flow, fronts: Frontends) -> bool:
     return backends is not None and reply not in backends
 
 
-def cleanup_needed(changed: Collection[ServiceName], services_before: Mapping[PortKey, ServicePort],
+def cleanup_needed(changed: Mapping[ServiceName, Sequence[PortKey]], services_before: Mapping[PortKey, ServicePort],
                    services_after: Mapping[PortKey, ServicePort],
                    protocols: Collection[str] = DEFAULT_PROTOCOLS) -> bool:
-    """Whether a sync whose endpoint changes touched `changed` services calls for a cleanup.
+    """Whether a sync of the `changed` services (with their port keys now) calls for a clean-up.
 
     Upstream cleans after a sync in which the endpoints of a service with a UDP port
-    (before or after the change) changed.
+    (before or after the change) changed. `services_before` holds the changed services'
+    ports as they were; only the changed services are looked at.
     """
-    wanted = set(changed)
-    return any((svc.namespace, svc.name) in wanted and svc.protocol in protocols
-               for svcs in (services_before, services_after) for svc in svcs.values())
+    before = (svc for svc in services_before.values() if (svc.namespace, svc.name) in changed)
+    after = (services_after[key] for keys in changed.values() for key in keys)
+    return any(svc.protocol in protocols for svc in itertools.chain(before, after))
 
 
 def flow_from_netlink(msg) -> Flow | None:

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Sequence
 
 from pyproxy import metrics
-from pyproxy.backend import Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed
+from pyproxy.backend import (Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed,
+                             changed_ports)
 from pyproxy.model import Endpoint, ServicePort, is_ipv4
 from pyproxy.topology import categorize
 
@@ -458,6 +459,7 @@ class IptablesBackend(Backend):
         self.variant = variant  # "nft", "legacy", or None: detect in check()
         self.shared_of: dict[PortKey, dict[tuple[str, str], list[str]]] = {}  # a port's lines in shared chains
         self.own_of: dict[PortKey, tuple[str, ...]] = {}  # the nat chains a port owns
+        self.keys_of: dict[ServiceName, list[PortKey]] = {}  # the ports written for each service
         self.static = static_rules(node)
         self.written_own: dict[str, int] = {}  # digest of each of our nat chains as last restored
         self.shared_sizes: dict[tuple[str, str], int] = {}  # rules in each shared chain, for the metrics
@@ -534,6 +536,9 @@ class IptablesBackend(Backend):
         self._restore(text(), keep=False)
         self.run(self.tool("iptables"), "-w", "-t", "mangle", "-N", KUBE_PROXY_CANARY, check=False)
         self.shared_of, self.own_of, self.written_own = shared_of, own_of, written
+        self.keys_of = {}
+        for key in services:
+            self.keys_of.setdefault((key[0], key[1]), []).append(key)
         self._count()
         self.needs_full = False
         self.last_full = time.monotonic()
@@ -547,31 +552,35 @@ class IptablesBackend(Backend):
         return lines
 
     def _partial(self, services, endpoints, changed: Collection[ServiceName]) -> None:
-        names = set(changed)
-        old_keys = {k for k in self.own_of if (k[0], k[1]) in names}
-        new_keys = {k for k in services if (k[0], k[1]) in names}
-        new = {k: plan_service(services[k], endpoints.get(k, ()), self.node) for k in new_keys}
+        ports = changed_ports(changed, services)
+        old_keys = [k for name in ports for k in self.keys_of.pop(name, ())]
+        new = {k: plan_service(services[k], endpoints.get(k, ()), self.node) for keys in ports.values() for k in keys}
+        for name, keys in ports.items():
+            if keys:
+                self.keys_of[name] = list(keys)
         old_shared = {k: self.shared_of.pop(k) for k in old_keys}
         old_own = {c for k in old_keys for c in self.own_of.pop(k)}
         no_lines: dict = {}
-        dirty_shared = {ck for k in old_keys | new_keys
-                        for ck in set(old_shared.get(k, no_lines)) | set(new[k].shared if k in new else no_lines)
-                        if old_shared.get(k, no_lines).get(ck) != (new[k].shared if k in new else no_lines).get(ck)}
+        dirty_shared = set()
+        for k in old_shared.keys() | new.keys():
+            before, after = old_shared.get(k, no_lines), (new[k].shared if k in new else no_lines)
+            dirty_shared.update(ck for ck in before.keys() | after.keys() if before.get(ck) != after.get(ck))
         for k, frag in new.items():
             self.shared_of[k], self.own_of[k] = frag.shared, tuple(frag.own)
         shared = {}
         if dirty_shared:
             ordered = [self.shared_of[k] for k in sorted(self.shared_of)]
             shared = {ck: self._shared_lines(ck, ordered) for ck in _shared_chains(self.node) if ck in dirty_shared}
+        digests = {c: _digest(lines) for frag in new.values() for c, lines in frag.own.items()}
         own = {c: lines for frag in new.values() for c, lines in frag.own.items()
-               if self.written_own.get(c) != _digest(lines)}
-        gone = sorted(old_own - {c for frag in new.values() for c in frag.own})
+               if self.written_own.get(c) != digests[c]}
+        gone = sorted(old_own - digests.keys())
         if not (shared or own or gone):
             return
         self._restore(restore_text(shared, own, gone))
         for c in gone:
             self.written_own.pop(c, None)
-        self.written_own.update((c, _digest(lines)) for c, lines in own.items())
+        self.written_own.update((c, digests[c]) for c in own)
         self._count(shared, own)
 
     def _count(self, shared=None, own=None) -> None:
@@ -620,7 +629,7 @@ class IptablesBackend(Backend):
             if save.returncode != 0:
                 continue
             removed |= self._cleanup_variant(prefix, save.stdout)
-        self.shared_of, self.own_of, self.written_own, self.needs_full = {}, {}, {}, True
+        self.shared_of, self.own_of, self.written_own, self.keys_of, self.needs_full = {}, {}, {}, {}, True
         return removed
 
     def _cleanup_variant(self, prefix: str, saved: str) -> bool:

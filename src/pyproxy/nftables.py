@@ -38,10 +38,12 @@ import ipaddress
 import json
 import logging
 import subprocess
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Collection, Iterable, Mapping, Sequence
 
-from pyproxy.backend import Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed
+from pyproxy.backend import (Backend, BackendUnavailable, NodeContext, PortKey, ServiceName, SyncFailed,
+                             changed_ports)
 from pyproxy.model import Endpoint, ServicePort, is_ipv4
 from pyproxy.topology import categorize
 
@@ -107,6 +109,9 @@ SHARED_SETS = (
     ("set", HAIRPIN, "ipv4_addr . ipv4_addr . inet_proto . inet_service", "service hairpin connections"),
 )
 ELEMENT_SETS = tuple(name for _, name, _, _ in SHARED_SETS)  # the order elements are written in
+# Sets whose elements several services may need at once (two services in front of one pod):
+# counted, not owned by one service, and deleted only when no service needs them any more.
+COUNTED_SETS = frozenset({HAIRPIN})
 
 CHAIN_NAME_BASE_MAX = 256 - 16  # nft's name limit minus our longest prefix
 
@@ -429,6 +434,8 @@ def dedupe(ports: Mapping[PortKey, PortRules], taken: Mapping[tuple[str, str], S
         rules = ports[pkey]
         lost = []
         for ek in rules.elements:
+            if ek[0] in COUNTED_SETS:
+                continue
             owner = owners.get(ek) or (taken.get(ek) if taken else None)
             if owner is None:
                 owners[ek] = svc_name
@@ -519,9 +526,13 @@ def _merged(rules) -> tuple[dict[str, list[str]], dict[tuple[str, str], str], di
         affinity.update(pr.affinity)
     return chains, elements, affinity
 
-def partial_transaction(old: Iterable[PortRules], new: Iterable[PortRules]) -> str:
+def partial_transaction(old: Iterable[PortRules], new: Iterable[PortRules],
+                        counted_gone: Iterable[tuple[str, str]] = (), counted_new: Iterable[tuple[str, str]] = (),
+                        ) -> str:
     """The `nft -f` input turning the objects of `old` into those of `new` ("" if nothing changes).
 
+    Elements of COUNTED_SETS are left out of that diff: `counted_gone` / `counted_new`
+    say which of them no service needs any more / a service needs for the first time.
     Order matters: stale elements are deleted and changed chains flushed (dropping
     their references) before chains and sets are deleted; sets and chains exist before
     rules and elements point at them.
@@ -529,6 +540,10 @@ def partial_transaction(old: Iterable[PortRules], new: Iterable[PortRules]) -> s
     t = TABLE
     old_chains, old_elems, old_aff = _merged(old)
     new_chains, new_elems, new_aff = _merged(new)
+    for elems, counted in ((old_elems, counted_gone), (new_elems, counted_new)):
+        for ek in [ek for ek in elems if ek[0] in COUNTED_SETS]:
+            del elems[ek]
+        elems.update(dict.fromkeys(counted, ""))
 
     del_sets = [s for s in old_aff if new_aff.get(s) != old_aff[s]]  # gone, or a new timeout: recreate
     recreated = {"@" + s for s in del_sets if s in new_aff}
@@ -590,7 +605,10 @@ class NftablesBackend(Backend):
     def __init__(self, node: NodeContext, *, netns: str | None = None):
         super().__init__(node, netns=netns)
         self._ports: dict[PortKey, PortRules] = {}  # what the table holds now, per service port
+        self._keys_of: dict[ServiceName, list[PortKey]] = {}  # the ports written for each service
         self._owners: dict[tuple[str, str], ServiceName] = {}  # (set or map, key) -> the service it belongs to
+        self._owned: dict[ServiceName, list[tuple[str, str]]] = {}  # the same, by service
+        self._counted: Counter[tuple[str, str]] = Counter()  # COUNTED_SETS elements -> ports that need them
         self._need_full = True
 
     def check(self) -> None:
@@ -632,20 +650,42 @@ class NftablesBackend(Backend):
         text = full_transaction(ports, self.node, self._nodeport_ips(), kept)
         self._apply(text)
         self._ports, self._owners, self._need_full = ports, owners, False
+        self._keys_of, self._owned = {}, {}
+        for key in ports:
+            self._keys_of.setdefault((key[0], key[1]), []).append(key)
+        for ek, name in owners.items():
+            self._owned.setdefault(name, []).append(ek)
+        self._counted = Counter(ek for pr in ports.values() for ek in pr.elements if ek[0] in COUNTED_SETS)
 
-    def _partial_sync(self, services, endpoints, changed: set[ServiceName]) -> None:
-        old_keys = [k for k in self._ports if (k[0], k[1]) in changed]
-        new = self._render(services, endpoints, [k for k in services if (k[0], k[1]) in changed])
-        others = {ek: owner for ek, owner in self._owners.items() if owner not in changed}
-        owners = dedupe(new, others)
-        text = partial_transaction([self._ports[k] for k in old_keys], new.values())
+    def _partial_sync(self, services, endpoints, changed: Collection[ServiceName]) -> None:
+        ports = changed_ports(changed, services)
+        old_keys = [k for name in ports for k in self._keys_of.get(name, ())]
+        new = self._render(services, endpoints, [k for keys in ports.values() for k in keys])
+        for name in ports:  # what the changed services owned is up for grabs again
+            for ek in self._owned.pop(name, ()):
+                del self._owners[ek]
+        owners = dedupe(new, self._owners)
+        counted = self._counted.copy()
+        counted.subtract(ek for k in old_keys for ek in self._ports[k].elements if ek[0] in COUNTED_SETS)
+        counted.update(ek for pr in new.values() for ek in pr.elements if ek[0] in COUNTED_SETS)
+        gone = [ek for ek in {ek for k in old_keys for ek in self._ports[k].elements} if counted[ek] <= 0
+                and ek[0] in COUNTED_SETS]
+        fresh = [ek for ek in {ek for pr in new.values() for ek in pr.elements if ek[0] in COUNTED_SETS}
+                 if self._counted[ek] <= 0]
+        text = partial_transaction([self._ports[k] for k in old_keys], new.values(), gone, fresh)
         if text:
             self._apply(text)
         for k in old_keys:
             del self._ports[k]
         self._ports.update(new)
-        others.update(owners)
-        self._owners = others
+        for name in ports:
+            self._keys_of.pop(name, None)
+        for k in new:
+            self._keys_of.setdefault((k[0], k[1]), []).append(k)
+        self._owners.update(owners)
+        for ek, name in owners.items():
+            self._owned.setdefault(name, []).append(ek)
+        self._counted = +counted  # drop the zeros
 
     def _apply(self, text: str) -> None:
         try:
@@ -693,7 +733,8 @@ class NftablesBackend(Backend):
         return nodeport_ips(self.node.nodeport_addresses, self.node.node_ips, local)
 
     def cleanup(self) -> bool:
-        self._ports, self._owners, self._need_full = {}, {}, True
+        self._ports, self._owners, self._owned, self._keys_of, self._need_full = {}, {}, {}, {}, True
+        self._counted = Counter()
         try:
             res = self.run("nft", "delete", "table", *TABLE.split(), check=False)
         except (OSError, subprocess.SubprocessError) as exc:

@@ -31,9 +31,9 @@ def test_first_take_is_full_then_only_changed_services():
     assert [e.ip for e in t.endpoints[("t", "a", "http")]] == ["10.0.0.1"]
     t.update_slice(eps("a", ["10.0.0.1", "10.0.0.3"]))
     changed, before, _ = t.take()
-    assert changed == {("t", "a")} and set(before) == {("t", "a", "http")}
+    assert changed == {("t", "a"): (("t", "a", "http"),)} and set(before) == {("t", "a", "http")}
     assert [e.ip for e in t.endpoints[("t", "a", "http")]] == ["10.0.0.1", "10.0.0.3"]
-    assert t.take()[0] == set()
+    assert t.take()[0] == {}
 
 
 def test_changes_that_mean_nothing_to_the_proxy_are_not_changes():
@@ -43,7 +43,7 @@ def test_changes_that_mean_nothing_to_the_proxy_are_not_changes():
     t.take()
     t.update_service(svc("a", rv="2", annotations={"note": "x"}))  # same ports, new metadata
     t.update_slice(eps("a", ["10.0.0.1"]))
-    assert not t.pending and t.take()[0] == set()
+    assert not t.pending and t.take()[0] == {}
 
 
 def test_slices_merge_and_removals_drop_endpoints_and_services():
@@ -53,11 +53,11 @@ def test_slices_merge_and_removals_drop_endpoints_and_services():
     t.take()
     assert [e.ip for e in t.endpoints[("t", "a", "http")]] == ["10.0.0.1", "10.0.0.2"]
     t.remove_slice(eps("a", [], "a-2"))
-    assert t.take()[0] == {("t", "a")}
+    assert t.take()[0] == {("t", "a"): (("t", "a", "http"),)}
     assert [e.ip for e in t.endpoints[("t", "a", "http")]] == ["10.0.0.2"]
     t.remove_service(svc("a"))
     changed, before, _ = t.take()
-    assert changed == {("t", "a")} and ("t", "a", "http") in before
+    assert changed == {("t", "a"): ()} and ("t", "a", "http") in before
     assert t.services == {} and ("t", "a", "http") not in t.endpoints
 
 
@@ -68,7 +68,7 @@ def test_a_relist_finds_what_was_deleted_while_not_watching():
     t.take()
     t.replace_services([svc("a")])
     t.replace_slices([eps("a", ["10.0.0.1"])])
-    assert t.take()[0] == {("t", "b")} and set(t.services) == {("t", "a", "http")}
+    assert t.take()[0] == {("t", "b"): ()} and set(t.services) == {("t", "a", "http")}
 
 
 def test_bad_objects_are_skipped_and_others_still_tracked():

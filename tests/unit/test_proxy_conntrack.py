@@ -116,10 +116,10 @@ def test_ipv6_frontends():
 
 def test_cleanup_is_needed_when_a_changed_service_has_a_udp_port_before_or_after():
     tcp = ServicePort("d", "web", "http", "TCP", 80, cluster_ips=("10.96.0.20",))
-    assert cleanup_needed({("kube-system", "dns")}, {DNS_KEY: DNS}, {})
-    assert cleanup_needed({("kube-system", "dns")}, {}, {DNS_KEY: DNS})
-    assert not cleanup_needed({("d", "web")}, {tcp.key: tcp, DNS_KEY: DNS}, {tcp.key: tcp, DNS_KEY: DNS})
-    assert not cleanup_needed(set(), {DNS_KEY: DNS}, {DNS_KEY: DNS})
+    assert cleanup_needed({("kube-system", "dns"): ()}, {DNS_KEY: DNS}, {})
+    assert cleanup_needed({("kube-system", "dns"): (DNS_KEY,)}, {}, {DNS_KEY: DNS})
+    assert not cleanup_needed({("d", "web"): (tcp.key,)}, {tcp.key: tcp}, {tcp.key: tcp, DNS_KEY: DNS})
+    assert not cleanup_needed({}, {}, {DNS_KEY: DNS})
 
 
 class _Attrs:

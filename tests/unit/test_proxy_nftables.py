@@ -255,7 +255,8 @@ def test_partial_transaction_orders_references_before_deletes():
 
     # Going to zero endpoints: the map element goes first, then the chains.
     empty = nft.render_port(s, [], NODE)
-    lines = nft.partial_transaction([new], [empty]).splitlines()
+    hairpins = [ek for ek in new.elements if ek[0] == "hairpin-connections"]  # no other service needs them
+    lines = nft.partial_transaction([new], [empty], counted_gone=hairpins).splitlines()
     assert lines[0] == f"delete element {t} service-ips {{ 172.30.0.41 . tcp . 80 }}"
     assert [line.split()[0:2] for line in lines[1:4]] == [["delete", "element"], ["flush", "chain"],
                                                           ["delete", "chain"]]
@@ -340,6 +341,20 @@ def test_backend_full_then_partial_then_failure():
     assert b.sync(services, endpoints, set()) is False
     n = len(b.calls)
     assert b.sync(services, endpoints, {("ns1", "a")}) is False and len(b.calls) == n  # nothing changed: no nft run
+
+
+def test_hairpin_elements_shared_by_two_services_stay_while_one_needs_them(caplog):
+    b = FakeNft(NODE)
+    services, endpoints = _state({"a": ["10.180.0.1"], "b": ["10.180.0.1"]})  # two services, one pod
+    b.sync(services, endpoints, None)
+    assert "already used by" not in caplog.text  # sharing a pod is not a conflict
+    element = "10.180.0.1 . 10.180.0.1 . tcp . 80"
+    del services[("ns1", "b", "p80")], endpoints[("ns1", "b", "p80")]
+    b.sync(services, endpoints, {("ns1", "b")})
+    assert element not in b.calls[-1][1]  # a still needs it: not deleted
+    del services[("ns1", "a", "p80")], endpoints[("ns1", "a", "p80")]
+    b.sync(services, endpoints, {("ns1", "a")})
+    assert f"delete element ip kube-proxy hairpin-connections {{ {element} }}" in b.calls[-1][1]
 
 
 def test_backend_check_and_cleanup():
