@@ -1,1 +1,1 @@
-"""What both node agents share: klog-format logs, sd_notify, and list+watch of API objects."""
+"""What both node agents share: klog-format logs, sd_notify, the API connection, list+watch, a tiny HTTP server."""

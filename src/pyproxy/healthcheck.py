@@ -24,8 +24,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 
-from nodeagent import logs
-from pyproxy import httpserve, metrics
+from nodeagent import httpserve, logs
+
+from pyproxy import metrics
 
 log = logs.get(__name__)
 

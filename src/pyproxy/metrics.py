@@ -21,9 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from nodeagent import logs
-
-from pyproxy import httpserve
+from nodeagent import httpserve, logs
 
 log = logs.get(__name__)
 

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from email.utils import formatdate
 
-from nodeagent import logs
+from . import logs
 
 log = logs.get(__name__)
 
