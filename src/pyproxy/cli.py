@@ -23,21 +23,20 @@ def main(argv: list[str] | None = None) -> int:
         print("Usage: pyproxy [flags]\n\nThe flags of kube-proxy (v1.36):\n  "
               + "\n  ".join(f"--{name}" for name in sorted(KNOWN_FLAGS)))
         return 0
-    from pyproxy.config import NO_EFFECT, ConfigError, parse, render_document
+    from pyproxy.config import ConfigError, parse, render_document
 
-    ignored: list[str] = []
     try:
-        config = parse(args, log_ignored=ignored.extend)
+        config = parse(args)
     except ConfigError as err:
         print(f"pyproxy: error: {err}", file=sys.stderr)
         return 1
     logs.setup(config.verbosity)
     log = logs.get("server")
-    if ignored:
-        log.warning("Flags ignored because --config is given", flags=" ".join(ignored))
-    inert = sorted({a.lstrip("-").partition("=")[0] for a in args if a.startswith("--")} & NO_EFFECT)
-    if inert:
-        log.info("Flags accepted for compatibility, without effect in pyproxy", flags=" ".join(inert))
+    if config.ignored_flags:
+        log.warning("Flags ignored because --config is given", flags=" ".join(config.ignored_flags))
+    if config.inert_flags:
+        log.info("Flags accepted for compatibility, without effect in pyproxy",
+                 flags=" ".join("--" + name for name in config.inert_flags))
     if config.masquerade_bit != 14:
         log.warning("Only masquerade bit 14 (mark 0x4000, upstream's default) is supported; using it",
                     masqueradeBit=config.masquerade_bit)

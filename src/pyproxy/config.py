@@ -79,6 +79,8 @@ class ProxyConfig:
     cleanup: bool = False
     init_only: bool = False
     write_config_to: str = ""
+    ignored_flags: list[str] = field(default_factory=list)  # given with --config, so not applied (as upstream)
+    inert_flags: list[str] = field(default_factory=list)  # accepted for compatibility; they change nothing
     document: dict = field(default_factory=dict)  # the KubeProxyConfiguration, defaulted (for --write-config-to)
 
 
@@ -289,7 +291,7 @@ def _apply_flag(doc: dict, flag: flags.Flag) -> None:
         doc[key] = f"{host}:{_flag_int(flag)}" if _flag_int(flag) else ""
 
 
-def parse(argv: list[str], log_ignored=None) -> ProxyConfig:
+def parse(argv: list[str]) -> ProxyConfig:
     """argv -> effective settings; ConfigError with a message fit for the user."""
     try:
         given = flags.split(argv, KNOWN_FLAGS, SHORTHANDS, "pyproxy")
@@ -300,14 +302,13 @@ def parse(argv: list[str], log_ignored=None) -> ProxyConfig:
     config_file = by_name.get("config")
     if config_file:
         doc = load_file(config_file.value)
-        ignored = [f.spelled for f in given if f.name not in WITH_CONFIG_FILE]
-        if ignored and log_ignored:
-            log_ignored(ignored)
+        cfg.ignored_flags = [f.spelled for f in given if f.name not in WITH_CONFIG_FILE]
     else:
         doc = default_document()
         for flag in given:
             _apply_flag(doc, flag)
     _from_document(doc, cfg)
+    cfg.inert_flags = sorted({f.name for f in given} & NO_EFFECT)
     for flag in given:
         if flag.name == "v":
             cfg.verbosity = _flag_int(flag)

@@ -109,31 +109,31 @@ class Metric:
         return [f"{self.name}{_labels(pairs)} {go_float(value)}"]
 
 
-class Counter(Metric):
+class _Number(Metric):
+    """A metric whose series are plain numbers."""
+
+    def inc(self, amount: float = 1, **labels) -> None:
+        key = self._key(labels)
+        self._values[key] = self._values.get(key, 0.0) + amount
+
+    def value(self, **labels) -> float:
+        return self._values.get(self._key(labels), 0.0)
+
+
+class Counter(_Number):
     kind = "counter"
 
     def inc(self, amount: float = 1, **labels) -> None:
         if amount < 0:
             raise ValueError("a counter cannot decrease")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels) -> float:
-        return self._values.get(self._key(labels), 0.0)
+        super().inc(amount, **labels)
 
 
-class Gauge(Metric):
+class Gauge(_Number):
     kind = "gauge"
 
     def set(self, value: float, **labels) -> None:
         self._values[self._key(labels)] = float(value)
-
-    def inc(self, amount: float = 1, **labels) -> None:
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels) -> float:
-        return self._values.get(self._key(labels), 0.0)
 
 
 class Histogram(Metric):

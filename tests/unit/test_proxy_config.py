@@ -37,10 +37,8 @@ def test_config_file_wins_over_most_flags(tmp_path):
     path = write(tmp_path, mode="nftables", clientConnection={"kubeconfig": "/proxy.conf"},
                  nftables={"minSyncPeriod": "2s", "syncPeriod": "45s", "masqueradeAll": True},
                  clusterCIDR="10.1.0.0/16", nodePortAddresses=["10.2.0.0/24"])
-    ignored = []
-    cfg = parse([f"--config={path}", "--proxy-mode=iptables", "--hostname-override=n9", "--v=3"],
-                log_ignored=ignored.extend)
-    assert cfg.mode == "nftables" and ignored == ["--proxy-mode"]
+    cfg = parse([f"--config={path}", "--proxy-mode=iptables", "--hostname-override=n9", "--v=3"])
+    assert cfg.mode == "nftables" and cfg.ignored_flags == ["--proxy-mode"]
     assert (cfg.min_sync_period, cfg.sync_period, cfg.masquerade_all) == (2.0, 45.0, True)
     assert cfg.kubeconfig == "/proxy.conf" and cfg.cluster_cidrs == ["10.1.0.0/16"]
     assert cfg.hostname == "n9" and cfg.verbosity == 3  # these flags still apply, as upstream
