@@ -93,6 +93,16 @@ class Topology:
         return f"{self.prefix}-{name}"
 
 
+def link_client(node: str, client_ns: str, node_ip: str, client_ip: str) -> None:
+    """A veth from the node namespace (vethc, `node_ip`/24) to a client (eth0, `client_ip`/24, routed via the node)."""
+    sh("ip", "-n", node, "link", "add", "vethc", "type", "veth", "peer", "name", "eth0", "netns", client_ns)
+    sh("ip", "-n", node, "addr", "add", f"{node_ip}/24", "dev", "vethc")
+    sh("ip", "-n", node, "link", "set", "vethc", "up")
+    sh("ip", "-n", client_ns, "addr", "add", f"{client_ip}/24", "dev", "eth0")
+    sh("ip", "-n", client_ns, "link", "set", "eth0", "up")
+    sh("ip", "-n", client_ns, "route", "add", "default", "via", node_ip)
+
+
 @contextlib.contextmanager
 def topology(prefix: str):
     node, client_ns = f"{prefix}-node", f"{prefix}-client"
@@ -114,12 +124,7 @@ def topology(prefix: str):
             sh("ip", "-n", pns, "addr", "add", f"{ip}/24", "dev", "eth0")
             sh("ip", "-n", pns, "link", "set", "eth0", "up")
             sh("ip", "-n", pns, "route", "add", "default", "via", BRIDGE_IP)
-        sh("ip", "-n", node, "link", "add", "vethc", "type", "veth", "peer", "name", "eth0", "netns", client_ns)
-        sh("ip", "-n", node, "addr", "add", f"{NODE_IP}/24", "dev", "vethc")
-        sh("ip", "-n", node, "link", "set", "vethc", "up")
-        sh("ip", "-n", client_ns, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
-        sh("ip", "-n", client_ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", client_ns, "route", "add", "default", "via", NODE_IP)
+        link_client(node, client_ns, NODE_IP, CLIENT_IP)
         # As on a real node: service IPs are routed to the pod bridge; only rules make them answer.
         sh("ip", "-n", node, "route", "add", SERVICE_CIDR, "dev", "br0")
         bridge_nf = nsx(node, "sh", "-c", "test -e /proc/sys/net/bridge/bridge-nf-call-iptables", check=False)
@@ -209,3 +214,31 @@ def clean_conntrack(ns: str, services: dict, endpoints: dict) -> int:
     import pickle
     state = base64.b64encode(pickle.dumps((services, endpoints))).decode()
     return int(nsx(ns, sys.executable, "-c", CLEAN_CONNTRACK, state).stdout.strip())
+
+
+def check_cluster_ip_spreads(client_ns: str, ip: str, pod_ns: str | None) -> None:
+    """TCP connections to `ip`:80 reach all three pods, UDP to :53 reaches some; so does a pod (if given)."""
+    results = client(client_ns, ip, 80, 60)
+    counts = replies(results)
+    assert set(counts) == {"p1", "p2", "p3"}, results
+    assert all(c >= 5 for c in counts.values()), counts
+    udp = replies(client(client_ns, ip, 53, 30, "udp"))
+    assert set(udp) <= {"p1", "p2", "p3"} and len(udp) >= 2, udp
+    if pod_ns:  # a pod reaching the ClusterIP needs br_netfilter for the reply path
+        assert set(replies(client(pod_ns, ip, 80, 20))) <= {"p1", "p2", "p3"}
+
+
+def check_udp_flow_moves_once_conntrack_is_cleaned(node: str, client_ns: str, source_port: int, program) -> None:
+    """`program(services, slices, changed)` syncs the mode under test (changed None: a full sync)."""
+    from pyproxy.model import endpoints_from_slices, services_from_api
+
+    dns = service("dns", "10.232.0.80")
+    program([dns], [slice_for("dns", ["p1"])], None)
+    assert udp_from(client_ns, "10.232.0.80", 53, source_port).startswith("p1 ")
+    program([dns], [slice_for("dns", ["p2"])], {("t", "dns")})
+    # The flow's conntrack entry still points at p1: the new rules are not consulted for it...
+    assert udp_from(client_ns, "10.232.0.80", 53, source_port).startswith("p1 ")
+    ports = {sp.key: sp for sp in services_from_api(dns)}
+    assert clean_conntrack(node, ports, endpoints_from_slices([slice_for("dns", ["p2"])])) >= 1
+    # ...until pyproxy's clean-up deletes it; then the same flow reaches p2.
+    assert udp_from(client_ns, "10.232.0.80", 53, source_port).startswith("p2 ")

@@ -26,6 +26,8 @@ from lightkube.resources.core_v1 import Node
 from localcluster import agents as agent_runner
 from localcluster import containerd, controlplane, procs
 
+from tests.integration.polling import eventually
+
 pytestmark = pytest.mark.integration
 
 NAME = "pynode-joiner"
@@ -37,16 +39,6 @@ def ready_condition(admin, name=NAME):
     except Exception:  # noqa: BLE001 - not registered yet
         return None
     return next((c for c in (node.status.conditions or []) if c.type == "Ready"), None) if node.status else None
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +72,7 @@ def joiner(cluster, node, admin, joiner_dir):
 
 def test_joins_with_only_a_bootstrap_kubeconfig(joiner, admin, cluster):
     root = joiner["dir"]
-    ready = wait_until(lambda: (c := ready_condition(admin)) and c.status == "True" and c, 60, "the node to be Ready")
+    ready = eventually(lambda: (c := ready_condition(admin)) and c.status == "True" and c, 60, "the node to be Ready")
     elapsed = time.monotonic() - joiner["started"]
     assert elapsed < 40, f"Ready after {elapsed:.0f}s, more than one lease period"
     assert ready.reason == "KubeletReady" and ready.message == "kubelet is posting ready status"
@@ -105,7 +97,7 @@ def test_joins_with_only_a_bootstrap_kubeconfig(joiner, admin, cluster):
 
 
 def test_registered_node_describes_the_host(joiner, admin, node, cluster):
-    wait_until(lambda: ready_condition(admin), 60, "the node to register")
+    eventually(lambda: ready_condition(admin), 60, "the node to register")
     obj = admin.get(Node, NAME)
     labels = obj.metadata.labels
     assert labels["kubernetes.io/hostname"] == NAME
@@ -134,11 +126,11 @@ def test_registered_node_describes_the_host(joiner, admin, node, cluster):
 
 
 def test_the_lease_keeps_renewing(joiner, admin, node):
-    wait_until(lambda: ready_condition(admin), 60, "the node to register")
-    first = wait_until(lambda: _lease(admin), 30, "the node lease")
+    eventually(lambda: ready_condition(admin), 60, "the node to register")
+    first = eventually(lambda: _lease(admin), 30, "the node lease")
     assert first.spec.holderIdentity == NAME and first.spec.leaseDurationSeconds == 40
     assert first.metadata.ownerReferences[0].name == NAME
-    second = wait_until(lambda: (lease := _lease(admin)) and lease.spec.renewTime > first.spec.renewTime and lease,
+    second = eventually(lambda: (lease := _lease(admin)) and lease.spec.renewTime > first.spec.renewTime and lease,
                         25, "the lease to be renewed")
     assert (second.spec.renewTime - first.spec.renewTime).total_seconds() <= 15
 
@@ -151,26 +143,26 @@ def _lease(admin):
 
 
 def test_a_restart_keeps_the_same_node_object(joiner, admin, node, cluster):
-    wait_until(lambda: ready_condition(admin), 60, "the node to register")
+    eventually(lambda: ready_condition(admin), 60, "the node to register")
     before = admin.get(Node, NAME).metadata.uid
     certs_before = sorted(p.name for p in (joiner["dir"] / "pki").iterdir())
     procs.stop(cluster, joiner["agent"].name)
     joiner["agent"] = agent_runner.start(node, "pykubelet", *joiner_flags(node, joiner["dir"]), instance="joiner")
     log = joiner["agent"].log
-    wait_until(lambda: "Node was previously registered" in log.read_text(), 30, "the restarted kubelet to reconcile")
+    eventually(lambda: "Node was previously registered" in log.read_text(), 30, "the restarted kubelet to reconcile")
     assert admin.get(Node, NAME).metadata.uid == before
     assert sorted(p.name for p in (joiner["dir"] / "pki").iterdir()) == certs_before, "no new bootstrap"
-    wait_until(lambda: (c := ready_condition(admin)) and c.status == "True", 30, "Ready after the restart")
+    eventually(lambda: (c := ready_condition(admin)) and c.status == "True", 30, "Ready after the restart")
 
 
 def test_apiserver_outage_is_survived(joiner, admin, node, cluster):
-    wait_until(lambda: (c := ready_condition(admin)) and c.status == "True", 60, "Ready")
+    eventually(lambda: (c := ready_condition(admin)) and c.status == "True", 60, "Ready")
     pid = joiner["agent"].pid
     procs.stop(cluster, "kube-apiserver")
     time.sleep(12)  # a status tick and a lease renewal fail meanwhile
     controlplane.start(cluster)
     stopped_at = dt.datetime.now(dt.timezone.utc)
-    wait_until(lambda: (lease := _lease(admin)) and lease.spec.renewTime > stopped_at, 30,
+    eventually(lambda: (lease := _lease(admin)) and lease.spec.renewTime > stopped_at, 30,
                "the lease to renew after the apiserver returned")
     # The Lease is the heartbeat: an unchanged status is only re-sent every nodeStatusReportFrequency.
     assert ready_condition(admin).status == "True"
@@ -179,15 +171,15 @@ def test_apiserver_outage_is_survived(joiner, admin, node, cluster):
 
 
 def test_runtime_outage_turns_ready_false_and_back(joiner, admin, node, cluster):
-    wait_until(lambda: (c := ready_condition(admin)) and c.status == "True", 60, "Ready")
+    eventually(lambda: (c := ready_condition(admin)) and c.status == "True", 60, "Ready")
     procs.stop(cluster, f"containerd-{node.name}")  # the daemon only; pods keep running
     try:
-        down = wait_until(lambda: (c := ready_condition(admin)) and c.status == "False" and c, 30, "Ready=False")
+        down = eventually(lambda: (c := ready_condition(admin)) and c.status == "False" and c, 30, "Ready=False")
         assert down.reason == "KubeletNotReady"
         assert "container runtime is down" in down.message
     finally:
         containerd.start(node)
-    wait_until(lambda: (c := ready_condition(admin)) and c.status == "True", 30, "Ready again")
+    eventually(lambda: (c := ready_condition(admin)) and c.status == "True", 30, "Ready again")
     assert joiner["agent"].running()
 
 
@@ -197,7 +189,7 @@ def test_client_certificate_rotation_uses_the_nodes_own_credentials(joiner, admi
     from pykubelet import certificates
     from pykubelet.apiclient import Api
 
-    wait_until(lambda: ready_condition(admin), 60, "the node to register")
+    eventually(lambda: ready_condition(admin), 60, "the node to register")
     pki = joiner["dir"] / "pki"
     before = (pki / certificates.CURRENT).resolve()
 

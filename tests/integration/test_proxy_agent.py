@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections import Counter
@@ -24,6 +23,7 @@ from lightkube.resources.core_v1 import Namespace, Pod
 
 from localcluster import agents as agent_runner
 from localcluster import procs
+from tests.integration.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -60,17 +60,6 @@ def fetch_in_node(node, url: str, n: int) -> list[str]:
     out = subprocess.run(["ip", "netns", "exec", node.netns, sys.executable, "-c", FETCH, url, str(n)],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     return json.loads(out)
-
-
-def eventually(check, timeout=20.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def now_rfc3339() -> str:

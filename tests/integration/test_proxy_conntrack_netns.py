@@ -18,7 +18,7 @@ import textwrap
 
 import pytest
 
-from tests.integration.proxytopo import nsx, sh
+from tests.integration.proxytopo import link_client, nsx, sh
 
 pytestmark = pytest.mark.integration
 
@@ -82,12 +82,7 @@ def netns():
         for ns in (NODE, CLIENT):
             sh("ip", "netns", "add", ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", NODE, "link", "add", "vethc", "type", "veth", "peer", "name", "eth0", "netns", CLIENT)
-        sh("ip", "-n", NODE, "addr", "add", f"{NODE_IP}/24", "dev", "vethc")
-        sh("ip", "-n", NODE, "link", "set", "vethc", "up")
-        sh("ip", "-n", CLIENT, "addr", "add", f"{CLIENT_IP}/24", "dev", "eth0")
-        sh("ip", "-n", CLIENT, "link", "set", "eth0", "up")
-        sh("ip", "-n", CLIENT, "route", "add", "default", "via", NODE_IP)
+        link_client(NODE, CLIENT, NODE_IP, CLIENT_IP)
         # The pods, and the address of a service nothing answers for yet: local, so flows get confirmed.
         for ip in (P1, P2, P3, LONELY_IP):
             sh("ip", "-n", NODE, "addr", "add", f"{ip}/32", "dev", "lo")

@@ -14,8 +14,9 @@ import pytest
 from pyproxy import iptables as ipt
 from pyproxy.backend import NodeContext
 from pyproxy.model import endpoints_from_slices, services_from_api
-from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, NODE_IP, NODE_NAME, PODS, clean_conntrack, client, nsx,
-                                         replies, service, slice_for, topology, udp_from)
+from tests.integration.proxytopo import (BRIDGE_IP, CLIENT_IP, NODE_IP, NODE_NAME, PODS, check_cluster_ip_spreads,
+                                         check_udp_flow_moves_once_conntrack_is_cleaned, client, nsx, replies,
+                                         service, slice_for, topology)
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +51,7 @@ def saved(*argv: str) -> str:
 def test_cluster_ip_spreads_then_follows_endpoint_changes(topo):
     web = service("web", "10.232.0.10")
     program([web], [slice_for("web", ["p1", "p2", "p3"])])
-    results = client(CLIENT, "10.232.0.10", 80, 60)
-    counts = replies(results)
-    assert set(counts) == {"p1", "p2", "p3"}, results
-    assert all(c >= 5 for c in counts.values()), counts
-    udp = replies(client(CLIENT, "10.232.0.10", 53, 30, "udp"))
-    assert set(udp) <= {"p1", "p2", "p3"} and len(udp) >= 2, udp
-    # A pod in the cluster CIDR reaches the ClusterIP too (needs br_netfilter for the reply path).
-    if topo["bridge_nf"]:
-        assert set(replies(client(f"{PREFIX}-p3", "10.232.0.10", 80, 20))) <= {"p1", "p2", "p3"}
+    check_cluster_ip_spreads(CLIENT, "10.232.0.10", f"{PREFIX}-p3" if topo["bridge_nf"] else None)
 
     program([web], [slice_for("web", ["p2"])])
     assert replies(client(CLIENT, "10.232.0.10", 80, 20)) == Counter({"p2": 20})
@@ -226,13 +219,4 @@ def test_cleanup_removes_everything(topo):
 
 
 def test_udp_flow_moves_to_a_new_endpoint_once_conntrack_is_cleaned(topo):
-    web = service("dns", "10.232.0.80")
-    program([web], [slice_for("dns", ["p1"])])
-    assert udp_from(CLIENT, "10.232.0.80", 53, 41000).startswith("p1 ")
-    program([web], [slice_for("dns", ["p2"])], {("t", "dns")})
-    # The flow's conntrack entry still points at p1: the new rules are not consulted for it...
-    assert udp_from(CLIENT, "10.232.0.80", 53, 41000).startswith("p1 ")
-    ports = {sp.key: sp for sp in services_from_api(web)}
-    assert clean_conntrack(NODE, ports, endpoints_from_slices([slice_for("dns", ["p2"])])) >= 1
-    # ...until pyproxy's clean-up deletes it; then the same flow reaches p2.
-    assert udp_from(CLIENT, "10.232.0.80", 53, 41000).startswith("p2 ")
+    check_udp_flow_moves_once_conntrack_is_cleaned(NODE, CLIENT, 41000, program)
