@@ -4,8 +4,7 @@ A list gives the full set and a resourceVersion; the watch resumes from the
 last version seen (bookmarks keep it fresh while nothing changes), and a 410
 Gone means that version was compacted away, so the next round lists again.
 Subscribers get `replace(objects)` after each list and `update(obj)` /
-`remove(obj)` for each watch event; `bookmark()` (optional) after each bookmark,
-so a consumer can tell that it has seen everything up to now. With `parse`, every
+`remove(obj)` for each watch event. With `parse`, every
 object is passed through it as it arrives and subscribers get what it returns,
 so a large list never holds all its raw JSON at once.
 """
@@ -34,14 +33,12 @@ class Gone(Exception):
 class ListWatch:
     def __init__(self, http: Callable[[], httpx2.AsyncClient], path: str, *, kind: str,
                  replace: Callable[[list[Any]], None], update: Callable[[Any], None],
-                 remove: Callable[[Any], None], params: dict[str, str] | None = None,
-                 bookmark: Callable[[], None] | None = None, parse: Callable[[dict], Any] | None = None):
+                 remove: Callable[[Any], None], params: dict[str, str] | None = None, parse: Callable[[dict], Any] | None = None):
         self.http = http  # called on each request: the client may be replaced when credentials rotate
         self.path = path
         self.kind = kind
         self.params = dict(params or {})
         self.replace, self.update, self.remove = replace, update, remove
-        self.bookmark = bookmark
         self.parse = parse or (lambda obj: obj)
         self.synced = asyncio.Event()  # set after the first successful list
 
@@ -86,8 +83,6 @@ class ListWatch:
                     self.update(self.parse(obj))
                 elif kind == "DELETED":
                     self.remove(self.parse(obj))
-                elif kind == "BOOKMARK" and self.bookmark:
-                    self.bookmark()
         return version
 
     async def run(self) -> None:

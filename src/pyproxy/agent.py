@@ -86,7 +86,7 @@ class Proxy:
         self.node: dict | None = None
         self.node_seen = asyncio.Event()
         self.backend: Backend | None = None
-        self.synced_once = asyncio.Event()
+        self.synced_once = False
         self.local_policy: dict[tuple[str, str], tuple[int, int, int, int]] = {}  # see _local_policy_state
         self.sources: list[ListWatch] = []
 
@@ -162,8 +162,8 @@ class Proxy:
         await self._service_health(changed, services, endpoints)
         if changed is None or cleanup_needed(changed, before, services):
             await self.conntrack.clean(services, endpoints)
-        if not self.synced_once.is_set():
-            self.synced_once.set()
+        if not self.synced_once:
+            self.synced_once = True
             systemd.notify("READY=1")
             log.info("Proxy rules in place", mode=self.config.mode, services=len(services))
         return False

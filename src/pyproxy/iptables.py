@@ -318,10 +318,10 @@ def _shared_chains(node: NodeContext) -> list[tuple[str, str]]:
     return chains
 
 
-def _shared_content(key: tuple[str, str], static: Fragment, fragments: Iterable[Fragment],
-                    node: NodeContext) -> list[str]:
-    """A shared chain's lines: each service's (in order), then the static ones."""
-    lines = [line for frag in fragments for line in frag.shared.get(key, ())]
+def _shared_content(key: tuple[str, str], static: Fragment, shared_lines: Iterable[Mapping], node: NodeContext,
+                    ) -> list[str]:
+    """A shared chain's lines: each service's (`shared_lines`: their Fragment.shared, in order), then the static ones."""
+    lines = [line for shared in shared_lines for line in shared.get(key, ())]
     lines.extend(static.shared.get(key, ()))
     if key == ("nat", KUBE_SERVICES):
         lines.extend(nodeports_jump(node))
@@ -364,7 +364,7 @@ def render(services: Iterable[ServicePort], endpoints: Mapping[PortKey, Sequence
     ordered = sorted(services, key=lambda s: (s.namespace, s.name, s.port_name, s.protocol))
     fragments = [plan_service(s, endpoints.get(s.key, ()), node) for s in ordered]
     static = static_rules(node)
-    shared = {key: _shared_content(key, static, fragments, node) for key in _shared_chains(node)}
+    shared = {key: _shared_content(key, static, [f.shared for f in fragments], node) for key in _shared_chains(node)}
     own = {c: lines for frag in fragments for c, lines in frag.own.items()}
     stale = sorted(c for c in set(existing_chains) - set(own) if is_service_chain(c))
     return restore_text(shared, own, stale)
@@ -544,10 +544,7 @@ class IptablesBackend(Backend):
         self.last_full = time.monotonic()
 
     def _shared_lines(self, key: tuple[str, str], ordered) -> list[str]:
-        lines = [line for shared in ordered for line in shared.get(key, ())]
-        lines.extend(self.static.shared.get(key, ()))
-        if key == ("nat", KUBE_SERVICES):
-            lines.extend(nodeports_jump(self.node))
+        lines = _shared_content(key, self.static, ordered, self.node)
         self.shared_sizes[key] = len(lines)
         return lines
 
