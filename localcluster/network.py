@@ -6,7 +6,10 @@
       |-- veth pyn2-host <-> eth0 in netns pynode-n2 ...
 
 A node namespace has no default route: it reaches the control plane and the
-other nodes over its veth and nothing else. The service CIDR is routed to the
+other nodes over its veth and nothing else. On the host, each node's pod CIDR is
+routed to that node, and the whole pod and service CIDRs are held `unreachable`
+behind those routes, so a packet for a cluster address never follows the
+host's default route off the machine, whatever happens to a node. The service CIDR is routed to the
 node's pod bridge, so a packet for a cluster address that no proxy rule
 catches dies on that bridge instead of leaving the node. (A blackhole route
 would also drop node-to-ClusterIP connections, because routing happens before
@@ -59,6 +62,8 @@ def check_no_overlap(cluster: Cluster) -> None:
         dst = route.get("dst", "")
         if dst in ("default", "") or route.get("dev") == cluster.bridge:
             continue
+        if route.get("type") == "unreachable" and dst in cluster_ranges(cluster):
+            continue  # held by a previous `up`
         try:
             net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
         except ValueError:
@@ -68,6 +73,11 @@ def check_no_overlap(cluster: Cluster) -> None:
         for label, mine in ours.items():
             if net.overlaps(mine):
                 raise UpError(f"network: the {label} {mine} overlaps {net} (dev {route.get('dev')}) on this host")
+
+
+def cluster_ranges(cluster: Cluster) -> tuple[str, ...]:
+    """The ranges that must never leave the host: the pod and service CIDRs."""
+    return (str(cluster.pod_cidr), str(cluster.service_cidr))
 
 
 def _sysctl(netns: str, key: str, value: str) -> None:
@@ -86,6 +96,8 @@ def ensure_bridge(cluster: Cluster) -> None:
     if addr not in _ip("-br", "addr", "show", "dev", cluster.bridge).stdout:
         _ip("addr", "add", addr, "dev", cluster.bridge)
     _ip("link", "set", cluster.bridge, "up")
+    for cidr in cluster_ranges(cluster):
+        _ip("route", "replace", "unreachable", cidr)
 
 
 def ensure_node(node: Node) -> None:
@@ -117,6 +129,8 @@ def ensure_node(node: Node) -> None:
         if other != node:
             _ip("route", "replace", other.pod_cidr, "via", other.ip, netns=ns)
     _sysctl(ns, "net.ipv4.ip_forward", "1")
+    # The host (the apiserver's pods/proxy, webhooks) reaches the node's pods through the node.
+    _ip("route", "replace", node.pod_cidr, "via", node.ip, "dev", cluster.bridge)
 
 
 def remove_node(node: Node) -> None:
@@ -128,8 +142,11 @@ def remove_node(node: Node) -> None:
 
 
 def remove_bridge(cluster: Cluster) -> None:
+    """Delete the bridge (and the node routes through it), then the unreachable routes."""
     if _link_exists(cluster.bridge):
         _ip("link", "delete", cluster.bridge, check=False)
+    for cidr in cluster_ranges(cluster):
+        _ip("route", "delete", "unreachable", cidr, check=False)
 
 
 def pids_in(netns: str) -> list[int]:

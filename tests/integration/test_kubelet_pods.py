@@ -4,70 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import time
-import uuid
 
 import pytest
-from lightkube.resources.core_v1 import ConfigMap, Event, Namespace, Pod, Secret
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret
 
 from cri import CRIClient
+from tests.integration.pods import BUSYBOX, container, make_pod, wait_gone, wait_pod
 
 pytestmark = pytest.mark.integration
-
-BUSYBOX = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"
-
-
-@pytest.fixture(scope="module")
-def namespace(admin, node):
-    name = f"pods-{uuid.uuid4().hex[:6]}"
-    admin.create(Namespace.from_dict({"metadata": {"name": name}}))
-    deadline = time.monotonic() + 30  # the controller-manager creates the default ServiceAccount
-    from lightkube.resources.core_v1 import ServiceAccount
-    while time.monotonic() < deadline:
-        try:
-            admin.get(ServiceAccount, "default", namespace=name)
-            break
-        except Exception:  # noqa: BLE001
-            time.sleep(0.5)
-    yield name
-    admin.delete(Namespace, name)
-
-
-def make_pod(node, namespace, name, containers, **spec):
-    return Pod.from_dict({
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"nodeSelector": {"kubernetes.io/hostname": node.name}, "terminationGracePeriodSeconds": 5,
-                 "containers": containers, **spec},
-    })
-
-
-def container(name="main", command=None, **extra):
-    return {"name": name, "image": BUSYBOX, "command": command or ["sleep", "3600"], **extra}
-
-
-def wait_pod(admin, namespace, name, predicate, timeout=60, what="the pod"):
-    deadline = time.monotonic() + timeout
-    pod = None
-    while time.monotonic() < deadline:
-        try:
-            pod = admin.get(Pod, name, namespace=namespace)
-        except Exception:  # noqa: BLE001
-            pod = None
-        if pod is not None and predicate(pod):
-            return pod
-        time.sleep(0.5)
-    status = pod.status.to_dict() if pod is not None and pod.status else None
-    raise AssertionError(f"timed out waiting for {what}; last status: {status}")
-
-
-def wait_gone(admin, namespace, name, timeout=30, what="the pod to leave the API"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            admin.get(Pod, name, namespace=namespace)
-        except Exception:  # noqa: BLE001 - gone
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def events_for(admin, namespace, name):

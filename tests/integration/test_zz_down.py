@@ -47,6 +47,8 @@ def test_down_leaves_no_process_and_no_network_state(cluster, cluster_was_up):
         names = {link["ifname"] for link in links}
         assert cluster.bridge not in names
         assert not [n for n in cluster.nodes if n.host_veth in names]
+        routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+        assert str(cluster.pod_cidr) not in routes and str(cluster.service_cidr) not in routes
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(cluster.state) not in mounts
         assert not cluster.state.exists()
