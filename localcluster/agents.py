@@ -67,6 +67,7 @@ def kubelet_configuration(node: Node) -> dict:
         "containerRuntimeEndpoint": f"unix://{node.containerd_socket}",
         "podCIDR": node.pod_cidr,
         "rotateCertificates": True,
+        "serverTLSBootstrap": True,  # a kubelet-serving CSR, approved by localcluster.bootstrap
         "staticPodPath": str(kubelet_dir(node) / "manifests"),
         "failSwapOn": False,
         "fileCheckFrequency": "5s",  # static pod manifests are picked up within seconds (upstream: 20s)

@@ -7,9 +7,13 @@ bootstrap signer signs with the token, and the kubelet-config ConfigMap.
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
+import socket
 import string
 import subprocess
+import time
 
 import yaml
 
@@ -124,3 +128,45 @@ def apply(cluster: Cluster) -> None:
     if proc.returncode != 0:
         raise UpError(f"bootstrap: kubectl apply of the kubeadm objects failed: {proc.stderr.strip()}")
     pki.write_kubeconfig(cluster.bootstrap_kubeconfig, cluster, user="kubelet-bootstrap", token=token(cluster))
+
+
+def _serving_request_fits(node, csr: dict) -> bool:
+    """A kubelet-serving CSR from this node that names only the node's own name and address."""
+    from cryptography import x509
+
+    spec = csr.get("spec") or {}
+    if spec.get("signerName") != "kubernetes.io/kubelet-serving" or spec.get("username") != f"system:node:{node.name}":
+        return False
+    try:
+        request = x509.load_pem_x509_csr(base64.b64decode(spec["request"]))
+        names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (KeyError, ValueError, x509.ExtensionNotFound):
+        return False
+    return set(names.get_values_for_type(x509.DNSName)) <= {node.name} and \
+        {str(ip) for ip in names.get_values_for_type(x509.IPAddress)} <= {node.ip}
+
+
+KUBELET_PORT = 10250
+
+
+def approve_serving_certificates(node, timeout: float = 60) -> None:
+    """Approve the node's pending serving CSRs (the controller-manager approves none) until its kubelet serves."""
+    cluster = node.cluster
+    kubectl = [str(cluster.bin / "kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        listing = subprocess.run([*kubectl, "get", "csr", "-o", "json"], capture_output=True, text=True, timeout=30)
+        items = json.loads(listing.stdout or "{}").get("items", []) if listing.returncode == 0 else []
+        mine = [c for c in items if _serving_request_fits(node, c)]
+        pending = [c["metadata"]["name"] for c in mine if not (c.get("status") or {}).get("conditions")]
+        if pending:
+            proc = subprocess.run([*kubectl, "certificate", "approve", *pending], capture_output=True, text=True,
+                                  timeout=30)
+            if proc.returncode != 0:
+                raise UpError(f"bootstrap: approving {' '.join(pending)} failed: {proc.stderr.strip()}")
+        try:
+            socket.create_connection((node.ip, KUBELET_PORT), timeout=1).close()
+            return  # the kubelet serves: it has its certificate
+        except OSError:
+            time.sleep(0.5)
+    raise UpError(f"bootstrap: no serving certificate was signed for {node.name} within {timeout:.0f}s")

@@ -60,6 +60,7 @@ def up(cluster: Cluster) -> None:
             if not procs.running(cluster, f"pykubelet-{node.name}"):
                 agents.start(node, "pykubelet", *agents.kubelet_flags(node))
             agents.wait_node_ready(node)
+            bootstrap.approve_serving_certificates(node)
             if not procs.running(cluster, f"pyproxy-{node.name}"):
                 agents.start(node, "pyproxy", *agents.proxy_flags(node))
             agents.wait_proxy_ready(node)

@@ -73,6 +73,8 @@ def _argv(cluster: Cluster, name: str) -> list[str]:
             f"--etcd-keyfile={pki / 'apiserver-etcd-client.key'}",
             f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+            # The kubelets' serving certificates come from CSRs the cluster CA signs: verify them.
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
             "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",

@@ -26,6 +26,7 @@ from typing import BinaryIO
 STDOUT = "stdout"
 STDERR = "stderr"
 STREAMS = (STDOUT, STDERR)
+READ_CHUNK = 256 * 1024  # a followed file is read this much at a time, however large it is
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIMESTAMP = re.compile(
@@ -215,12 +216,13 @@ async def follow_log(
     parser = LogParser()
     f = open(path, "rb")
     try:
-        for entry in _tail([e for e in parser.feed(f.read()) if keep(e)], tail):
-            yield entry
+        if tail is not None and tail >= 0:
+            for entry in _tail([e for e in parser.feed(f.read()) if keep(e)], tail):
+                yield entry
 
         quiet_since_replaced = False
         while True:
-            data = f.read()
+            data = f.read(READ_CHUNK)
             if data:
                 quiet_since_replaced = False
                 for entry in parser.feed(data):

@@ -1,4 +1,4 @@
-"""The kubelet's client certificate: TLS bootstrap, and rotation before it expires.
+"""The kubelet's certificates from CSRs: the client one (TLS bootstrap, rotation) and the serving one's files.
 
 Files follow the upstream kubelet, so `kubeadm join` and operators find them:
 
@@ -10,7 +10,8 @@ Bootstrap: with no usable --kubeconfig, create a CSR (signer
 kubernetes.io/kube-apiserver-client-kubelet, CN system:node:<name>,
 O system:nodes) with the bootstrap credentials, wait until it is approved and
 signed, then write the files. Rotation does the same with the node's own
-credentials when 70-90% of the certificate's lifetime has passed.
+credentials when 70-90% of the certificate's lifetime has passed. The serving
+certificate (server/tls.py) uses the same files with the prefix kubelet-server.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ from nodeagent import logs
 log = logs.get(__name__)
 
 SIGNER = "kubernetes.io/kube-apiserver-client-kubelet"
-CURRENT = "kubelet-client-current.pem"
+CLIENT = "kubelet-client"  # file name prefixes
+SERVER = "kubelet-server"
+CURRENT = f"{CLIENT}-current.pem"
 
 
 class BootstrapError(Exception):
@@ -64,22 +67,22 @@ class ClientCert:
         return self.not_before + lifetime * (0.7 + 0.2 * (rng or random).random())
 
 
-def load_current(cert_dir: Path) -> ClientCert | None:
-    """The current client certificate, if present, parseable, holding its key and not expired."""
-    path = cert_dir / CURRENT
+def load_current(cert_dir: Path, prefix: str = CLIENT) -> ClientCert | None:
+    """The current certificate (<prefix>-current.pem), if present, parseable, holding its key and not expired."""
+    path = cert_dir / f"{prefix}-current.pem"
     try:
         data = path.read_bytes()
         cert = x509.load_pem_x509_certificate(data)
         key = serialization.load_pem_private_key(data, None)
     except (OSError, ValueError) as err:
         if path.exists() or path.is_symlink():
-            log.warning("Ignoring unusable client certificate", path=path, err=err)
+            log.warning("Ignoring unusable certificate", path=path, err=err)
         return None
     if cert.public_key().public_numbers() != key.public_key().public_numbers():
-        log.warning("Client certificate and key do not match", path=path)
+        log.warning("Certificate and key do not match", path=path)
         return None
     if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
-        log.warning("Client certificate has expired", path=path, notAfter=cert.not_valid_after_utc)
+        log.warning("Certificate has expired", path=path, notAfter=cert.not_valid_after_utc)
         return None
     return ClientCert(path, cert)
 
@@ -106,26 +109,30 @@ def kubeconfig_usable(kubeconfig: Path) -> bool:
     return cert.not_valid_after_utc > dt.datetime.now(dt.timezone.utc)
 
 
-def _csr(node_name: str, key: ec.EllipticCurvePrivateKey) -> bytes:
+def _csr(node_name: str, key: ec.EllipticCurvePrivateKey, san: list[x509.GeneralName] | None = None) -> bytes:
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
                          x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-    return csr.public_bytes(serialization.Encoding.PEM)
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-async def request_certificate(client: AsyncClient, node_name: str, poll: float = 1.0) -> tuple[bytes, bytes]:
-    """Post a node client CSR and wait until it is signed; returns (certificate PEM, key PEM)."""
+async def request_certificate(client: AsyncClient, node_name: str, poll: float = 1.0, *, signer: str = SIGNER,
+                              usages: list[str] | None = None,
+                              san: list[x509.GeneralName] | None = None) -> tuple[bytes, bytes]:
+    """Post a node CSR and wait until it is signed; returns (certificate PEM, key PEM)."""
     key = ec.generate_private_key(ec.SECP256R1())
     created = await client.create(CertificateSigningRequest(
-        metadata=ObjectMeta(generateName="node-csr-"),
+        metadata=ObjectMeta(generateName="csr-" if san else "node-csr-"),
         spec=CertificateSigningRequestSpec(
-            request=base64.b64encode(_csr(node_name, key)).decode(),
-            signerName=SIGNER,
-            usages=["digital signature", "client auth"],
+            request=base64.b64encode(_csr(node_name, key, san)).decode(),
+            signerName=signer,
+            usages=usages or ["digital signature", "client auth"],
         ),
     ))
     name = created.metadata.name
-    log.info("Waiting for client certificate", csr=name, signer=SIGNER)
+    log.info("Waiting for certificate", csr=name, signer=signer)
     while True:
         csr = await client.get(CertificateSigningRequest, name)
         status = csr.status
@@ -140,18 +147,19 @@ async def request_certificate(client: AsyncClient, node_name: str, poll: float =
         await asyncio.sleep(poll)
 
 
-def store(cert_dir: Path, cert_pem: bytes, key_pem: bytes) -> ClientCert:
-    """Write a new kubelet-client-<time>.pem and point kubelet-client-current.pem at it atomically."""
+def store(cert_dir: Path, cert_pem: bytes, key_pem: bytes, prefix: str = CLIENT) -> ClientCert:
+    """Write a new <prefix>-<time>.pem and point <prefix>-current.pem at it atomically."""
     cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d-%H-%M-%S")
-    target = cert_dir / f"kubelet-client-{stamp}.pem"
+    target = cert_dir / f"{prefix}-{stamp}.pem"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(cert_pem + key_pem)
-    link = cert_dir / f".{CURRENT}.tmp"
+    current = f"{prefix}-current.pem"
+    link = cert_dir / f".{current}.tmp"
     link.unlink(missing_ok=True)
     link.symlink_to(target.name)
-    link.replace(cert_dir / CURRENT)
+    link.replace(cert_dir / current)
     return ClientCert(target, x509.load_pem_x509_certificate(cert_pem))
 
 

@@ -134,6 +134,10 @@ class KubeletConfig:
     # KubeletConfiguration fields (the file, overridden by the flags that upstream backs with them).
     address: str
     port: int
+    read_only_port: int  # 0: no plain-HTTP read-only server
+    enable_server: bool
+    tls_min_version: str  # "" or VersionTLS1x
+    tls_cipher_suites: list[str]  # Go names; empty: the library's defaults
     healthz_bind_address: str
     healthz_port: int  # 0 disables
     # Upstream's shapes, durations as Go writes them ("2m0s"):
@@ -173,6 +177,8 @@ class KubeletConfig:
     file_check_frequency: float
     sync_frequency: float
     warnings: list[str]
+    # The effective KubeletConfiguration (file keys, durations as Go writes them), for /configz.
+    effective: dict
 
 
 # --- Go durations and Kubernetes quantities -----------------------------------------------------
@@ -293,6 +299,39 @@ def _choice(*options: str) -> Callable:
             raise _Invalid(f"{_q(value)} must be one of {', '.join(options)}")
         return value
     return check
+
+
+# Go's crypto/tls names for the TLS 1.2 suites, as OpenSSL calls them. TLS 1.3 suites are
+# accepted and, as in Go, not configurable.
+TLS_CIPHER_SUITES = {
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256": "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256": "ECDHE-RSA-AES128-GCM-SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384": "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384": "ECDHE-RSA-AES256-GCM-SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256": "ECDHE-RSA-CHACHA20-POLY1305",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA": "ECDHE-ECDSA-AES128-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA": "ECDHE-RSA-AES128-SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA": "ECDHE-ECDSA-AES256-SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA": "ECDHE-RSA-AES256-SHA",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256": "AES128-GCM-SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384": "AES256-GCM-SHA384",
+    "TLS_RSA_WITH_AES_128_CBC_SHA": "AES128-SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA": "AES256-SHA",
+    "TLS_AES_128_GCM_SHA256": None, "TLS_AES_256_GCM_SHA384": None, "TLS_CHACHA20_POLY1305_SHA256": None,
+}
+TLS_VERSIONS = ("VersionTLS10", "VersionTLS11", "VersionTLS12", "VersionTLS13")
+
+
+@_kind("list")
+def _cipher_suites(value: Any) -> list[str]:
+    names = [_str(item).strip() for item in _expect(value, list, "a list of cipher suite names")]
+    unknown = [name for name in names if name not in TLS_CIPHER_SUITES]
+    if unknown:
+        raise _Invalid(f"unsupported cipher suite {_q(unknown[0])}")
+    return names
 
 
 @_kind("str")
@@ -503,6 +542,10 @@ _FIELDS = [
     _Field("logging.verbosity", "verbosity", _int(0, 2**32 - 1), 0, "v"),
     _Field("address", "address", _ip, "0.0.0.0", "address"),
     _Field("port", "port", _int(1, 65535), 10250, "port"),
+    _Field("readOnlyPort", "read_only_port", _int(0, 65535), 0, "read-only-port"),
+    _Field("enableServer", "enable_server", _bool, True, "enable-server", keep_zero=True),
+    _Field("tlsMinVersion", "tls_min_version", _choice(*TLS_VERSIONS), "", "tls-min-version"),
+    _Field("tlsCipherSuites", "tls_cipher_suites", _cipher_suites, [], "tls-cipher-suites"),
     _Field("healthzBindAddress", "healthz_bind_address", _ip, "127.0.0.1", "healthz-bind-address"),
     _Field("healthzPort", "healthz_port", _int(0, 65535), 10248, "healthz-port", keep_zero=True),
     _Field("authentication.x509.clientCAFile", "authentication.x509.clientCAFile", _str, "",
@@ -796,8 +839,30 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None) -> KubeletConfi
             value = values[_name(field)]
             settings[field.attr] = type(value)(value) if isinstance(value, (dict, list)) else value
     settings["node_ip"] = settings["node_ips"][0] if settings["node_ips"] else None
+    settings["effective"] = _effective(values)
     settings["warnings"] = list(dict.fromkeys(warnings))
     return KubeletConfig(**settings)
+
+
+def _effective(values: dict[str, Any]) -> dict[str, Any]:
+    """The merged settings as a KubeletConfiguration document (unset values left out)."""
+    document: dict[str, Any] = {"kind": KIND, "apiVersion": API_VERSION}
+    for field in _FIELDS:
+        if not field.key or values.get(field.key) is None:
+            continue
+        value = values[field.key]
+        if field.kind.shape == "duration":
+            value = format_duration(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, list):
+            value = [vars(item) if hasattr(item, "__dict__") else item for item in value]
+        *parents, leaf = field.key.split(".")
+        target = document
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return document
 
 
 def _check_together(values: dict[str, Any]) -> None:

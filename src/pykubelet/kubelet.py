@@ -16,7 +16,7 @@ from cri import CRIClient
 from nodeagent import logs, systemd
 from nodeagent.listwatch import ListWatch
 
-from . import certificates, healthz, nodestatus
+from . import certificates, healthz, metrics, nodestatus
 from .apiclient import Api
 from .config import KubeletConfig, parse_quantity
 from .events import Recorder
@@ -26,6 +26,7 @@ from .nodelease import NodeLease
 from .pleg import Pleg
 from .probemanager import PodProbes
 from .podworkers import PodWorkers
+from .server import KubeletServer
 from .staticpods import StaticPods
 from .statusmanager import StatusManager
 from .volumes import VolumeManager
@@ -34,6 +35,32 @@ from .version import KUBERNETES_VERSION
 log = logs.get(__name__)
 
 STALE_SYNC = 120.0  # /healthz fails when the status loop has not run for this long
+
+
+class ServerHost:
+    """What the kubelet API reads from the running kubelet (see server/routes.py)."""
+
+    def __init__(self, kubelet: "Kubelet", workers: PodWorkers, pleg: Pleg, runtime: CRIClient):
+        self.config = kubelet.config
+        self.healthy = kubelet.healthy
+        self.workers, self.pleg, self.cri = workers, pleg, runtime
+        self.registry = metrics.registry(kubelet.name, self.runtime_pods)
+
+    def find_pod(self, namespace: str, name: str) -> tuple[dict, dict | None] | None:
+        for worker in list(self.workers.workers.values()):
+            meta = worker.pod["metadata"]
+            if meta.get("namespace") == namespace and meta.get("name") == name:
+                return worker.pod, worker.api_view()
+        return None
+
+    def runtime(self, uid: str):
+        return self.pleg.pod(uid)
+
+    def runtime_pods(self):
+        return list(self.pleg.pods.items())
+
+    def pods(self) -> list[dict]:
+        return [worker.with_api_status() for worker in list(self.workers.workers.values())]
 
 
 class Kubelet:
@@ -145,6 +172,11 @@ class Kubelet:
                             remove=workers.remove_static)
         workers.static = static
         static.scan()  # before the orphan sweep, so that running static pods are known
+        tasks = []
+        if self.config.enable_server:
+            server = KubeletServer(ServerHost(self, workers, pleg, runtime), api, self.name,
+                                   [ip for ip in [self.ip, *self.config.node_ips] if ip])
+            tasks.append(asyncio.create_task(server.run(), name="kubelet-server"))
 
         async def orphans() -> None:
             await source.synced.wait()
@@ -152,7 +184,7 @@ class Kubelet:
                 await asyncio.sleep(0.2)
             await workers.cleanup_orphans()
 
-        return [asyncio.create_task(events.run(), name="events"),
+        return tasks + [asyncio.create_task(events.run(), name="events"),
                 asyncio.create_task(pleg.run(), name="pleg"),
                 asyncio.create_task(source.run(), name="pod-source"),
                 asyncio.create_task(static.run(), name="static-pods"),

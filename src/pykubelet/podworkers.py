@@ -45,16 +45,16 @@ class PodWorker:
     def wake(self) -> None:
         self.wake_event.set()
 
-    def _api_view(self) -> dict | None:
+    def api_view(self) -> dict | None:
         """The API object that shows this pod: itself, or for a static pod its mirror (None until it exists)."""
         return self.owner.mirrors.get(self.uid) if self.static else self.pod
 
-    def _with_api_status(self) -> dict:
-        view = self._api_view()
+    def with_api_status(self) -> dict:
+        view = self.api_view()
         return {**self.pod, "status": (view or {}).get("status") or {}}
 
     async def _report(self, status: dict) -> None:
-        view = self._api_view()
+        view = self.api_view()
         if view is None:
             await self.owner.static.ensure_mirror(self.pod, None)
             return
@@ -95,7 +95,7 @@ class PodWorker:
                 await owner.runtime.kill_pod(pod, rt, grace)
                 return False, 0.5  # wait for the PLEG to see them stop
             if not self.removed:
-                status = podstatus.compute(self._with_api_status(), rt, self.facts)
+                status = podstatus.compute(self.with_api_status(), rt, self.facts)
                 status["phase"] = self._terminal_phase(status)
                 await owner.status.set(pod, status)
             await owner.runtime.remove_pod(self.uid, rt)
@@ -113,12 +113,12 @@ class PodWorker:
             return False, None
 
         deadline = pod["spec"].get("activeDeadlineSeconds")
-        started = timestamps.parse((self._with_api_status().get("status") or {}).get("startTime"))
+        started = timestamps.parse((self.with_api_status().get("status") or {}).get("startTime"))
         if deadline is not None and started is not None and time.time() - started > deadline:
             owner.events.record(pod, WARNING, "DeadlineExceeded",
                                 "Pod was active on the node longer than the specified deadline")
             await owner.runtime.kill_pod(pod, rt)
-            status = podstatus.compute(self._with_api_status(), owner.pleg.pod(self.uid), self.facts)
+            status = podstatus.compute(self.with_api_status(), owner.pleg.pod(self.uid), self.facts)
             status.update(phase="Failed", reason="DeadlineExceeded",
                           message="Pod was active on the node longer than the specified deadline")
             self.terminal_status = status
@@ -128,7 +128,7 @@ class PodWorker:
         delay = await owner.runtime.sync(pod, rt, self.facts, self.unhealthy)
         if self.probes:
             self.probes.update(pod, owner.pleg.pod(self.uid))
-        status = podstatus.compute(self._with_api_status(), owner.pleg.pod(self.uid), self.facts)
+        status = podstatus.compute(self.with_api_status(), owner.pleg.pod(self.uid), self.facts)
         if status["phase"] in ("Succeeded", "Failed") and not owner.pleg.pod(self.uid).running:
             self.terminal_status = status
             if any(s.state == api.SANDBOX_READY for s in rt.sandboxes):
