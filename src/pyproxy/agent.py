@@ -62,7 +62,7 @@ def cleanup_modes(config: ProxyConfig, modes) -> bool:
         except Exception as err:  # noqa: BLE001 - best effort, as upstream
             log.warning("Clean-up of a proxy mode failed", mode=mode, err=err)
             if mode == "nftables":
-                metrics.NFTABLES_CLEANUP_FAILURES_TOTAL.inc(ip_family="IPv4")
+                metrics.NFTABLES_CLEANUP_FAILURES_TOTAL.labels(ip_family="IPv4").inc()
     return removed
 
 
@@ -81,6 +81,7 @@ class Proxy:
         self.health = ProxyHealth(health_timeout=2 * config.sync_period)
         self.service_health = ServiceHealthServers(self.health)
         self.conntrack = ConntrackCleaner()
+        self.registry = metrics.new_registry(config.mode)
         self.runner = BoundedFrequencyRunner(self._sync, min_interval=config.min_sync_period,
                                              max_interval=config.sync_period)
         self.node: dict | None = None
@@ -94,7 +95,7 @@ class Proxy:
 
     def _changed(self) -> None:
         self.health.queued()
-        metrics.SYNC_PROXY_RULES_LAST_QUEUED_TIMESTAMP.set(time.time(), ip_family="IPv4")
+        metrics.SYNC_PROXY_RULES_LAST_QUEUED_TIMESTAMP.labels(ip_family="IPv4").set(time.time())
         if all(s.synced.is_set() for s in self.sources):
             self.runner.request()
 
@@ -142,9 +143,9 @@ class Proxy:
         except Exception as err:  # noqa: BLE001 - SyncFailed, or a bug: never lose the agent over it
             failures = (metrics.NFTABLES_SYNC_FAILURES_TOTAL if self.config.mode == "nftables"
                         else metrics.IPTABLES_RESTORE_FAILURES_TOTAL)
-            failures.inc(ip_family="IPv4")
+            failures.labels(ip_family="IPv4").inc()
             if changed is not None and self.config.mode == "iptables":
-                metrics.IPTABLES_PARTIAL_RESTORE_FAILURES_TOTAL.inc(ip_family="IPv4")
+                metrics.IPTABLES_PARTIAL_RESTORE_FAILURES_TOTAL.labels(ip_family="IPv4").inc()
             if isinstance(err, SyncFailed):
                 log.error("Failed to program the kernel; the next sync will be a full one", mode=self.config.mode,
                           err=err)
@@ -183,8 +184,8 @@ class Proxy:
             else:
                 self.local_policy[name] = state
         for policy, index in (("internal", 2), ("external", 3)):
-            metrics.SYNC_PROXY_RULES_NO_LOCAL_ENDPOINTS_TOTAL.set(
-                sum(state[index] for state in self.local_policy.values()), ip_family="IPv4", traffic_policy=policy)
+            metrics.SYNC_PROXY_RULES_NO_LOCAL_ENDPOINTS_TOTAL.labels(ip_family="IPv4", traffic_policy=policy).set(
+                sum(state[index] for state in self.local_policy.values()))
         await self.service_health.sync({name: (port, local) for name, (port, local, _, _) in self.local_policy.items()
                                         if port})
 
@@ -214,7 +215,7 @@ class Proxy:
         for what, address, start in (
                 ("healthz", self.config.healthz_bind_address, self.health.serve),
                 ("metrics", self.config.metrics_bind_address,
-                 lambda host, port: metrics.serve(host, port, proxy_mode=self.config.mode))):
+                 lambda host, port: metrics.serve(host, port, proxy_mode=self.config.mode, registry=self.registry))):
             if not address:
                 continue
             host, _, port = address.rpartition(":")

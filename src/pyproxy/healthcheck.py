@@ -110,7 +110,7 @@ class ProxyHealth:
                               for family, s in health["status"].items()}
         body["lastUpdated"], body["currentTime"] = go_time(body["lastUpdated"]), go_time(body["currentTime"])
         code = 200 if ok else 503
-        (metrics.PROXY_HEALTHZ_TOTAL if path == "/healthz" else metrics.PROXY_LIVEZ_TOTAL).inc(code=str(code))
+        (metrics.PROXY_HEALTHZ_TOTAL if path == "/healthz" else metrics.PROXY_LIVEZ_TOTAL).labels(code=str(code)).inc()
         return code, dict(_JSON), json.dumps(body, separators=(",", ":")).encode()
 
     async def serve(self, host: str, port: int) -> asyncio.Server:

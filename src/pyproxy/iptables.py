@@ -591,8 +591,8 @@ class IptablesBackend(Backend):
             last = {"filter": sum(len(v) for (t, _), v in shared.items() if t == "filter"),
                     "nat": sum(len(v) for (t, _), v in shared.items() if t == "nat") + sum(map(len, own.values()))}
         for table in ("filter", "nat"):
-            metrics.IPTABLES_RULES_TOTAL.set(totals[table], ip_family="IPv4", table=table)
-            metrics.IPTABLES_RULES_LAST_SYNC.set(last[table], ip_family="IPv4", table=table)
+            metrics.IPTABLES_RULES_TOTAL.labels(ip_family="IPv4", table=table).set(totals[table])
+            metrics.IPTABLES_RULES_LAST_SYNC.labels(ip_family="IPv4", table=table).set(last[table])
 
     def _service_chains_present(self) -> set[str]:
         """Our per-service nat chains in the kernel now (read from iptables-save, streamed)."""

@@ -198,13 +198,17 @@ def clean(sock, endpoints=None):
 
 def test_cleaner_deletes_the_stale_entries_by_original_tuple_and_zone(caplog):
     caplog.set_level(logging.INFO)
-    before = metrics.RECONCILE_CONNTRACK_FLOWS_DELETED_ENTRIES_TOTAL.value(ip_family="IPv4")
+    def deleted() -> float:
+        return metrics.new_registry("nftables").get_sample_value(
+            "kubeproxy_conntrack_reconciler_deleted_entries_total", {"ip_family": "IPv4"}) or 0
+
+    before = deleted()
     sock = FakeSocket(TABLE)
     cleaner, n = clean(sock)
     assert n == 3 and cleaner.errors == 0 and sock.closed
     assert sock.deleted == [(40001, "10.96.0.10", 53, None), (40003, "10.0.0.1", 30053, 7),
                             (40004, "10.96.0.10", 53, None)]
-    assert metrics.RECONCILE_CONNTRACK_FLOWS_DELETED_ENTRIES_TOTAL.value(ip_family="IPv4") == before + 3
+    assert deleted() == before + 3
     lines = [r for r in caplog.records if r.getMessage() == "Deleted stale conntrack entries"]
     assert len(lines) == 1 and lines[0].kv == {"entriesDeleted": 3, "errors": 0}
 

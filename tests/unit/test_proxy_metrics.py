@@ -7,10 +7,11 @@ import re
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
 from tests.unit.httpget import get
 from pyproxy import metrics
-from pyproxy.metrics import Registry, exponential_buckets, go_float, observe_network_programming
+from pyproxy.metrics import observe_network_programming
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -83,58 +84,76 @@ UPSTREAM = {  # name: (type, help, labels) — Kubernetes v1.36 metrics referenc
 }
 
 
-def test_the_registry_holds_upstreams_metrics():
-    assert set(metrics.REGISTRY.metrics) == set(UPSTREAM)
-    for name, (kind, help, labels) in UPSTREAM.items():
-        m = metrics.REGISTRY.metrics[name]
-        assert (m.kind, m.help, set(m.labelnames), m.stability) == (kind, help, labels, "ALPHA"), name
+def render(mode: str) -> str:
+    text = generate_latest(metrics.new_registry(mode)).decode()
+    assert "_created" not in text  # client_golang writes no *_created series
+    return text
 
 
-def test_exposition_reads_back_with_upstream_help_and_types():
+def touch_all(ip_family: str = "touched") -> None:
+    """One series in every kube-proxy metric, labelled as upstream labels it (labels() refuses other names)."""
+    for metric in metrics.MODES:
+        [desc] = metric.describe()
+        name = desc.name + ("_total" if desc.type == "counter" else "")
+        labels = {label: ip_family if label == "ip_family" else "x" for label in UPSTREAM[name][2]}
+        child = metric.labels(**labels) if labels else metric
+        (child.inc if desc.type == "counter" else child.set if desc.type == "gauge" else child.observe)(1)
+
+
+def test_the_registries_hold_upstreams_metrics_for_each_mode():
+    touch_all()
+    everywhere = set(UPSTREAM) - {
+        "kubeproxy_sync_full_proxy_rules_duration_seconds", "kubeproxy_sync_partial_proxy_rules_duration_seconds",
+        "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+        "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+        "kubeproxy_sync_proxy_rules_iptables_total", "kubeproxy_sync_proxy_rules_iptables_last",
+        "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+        "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total"}
+    full_partial = {"kubeproxy_sync_full_proxy_rules_duration_seconds",
+                    "kubeproxy_sync_partial_proxy_rules_duration_seconds"}  # upstream: iptables and nftables
+    expected = {
+        "iptables": everywhere | full_partial | {
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total",
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total",
+            "kubeproxy_sync_proxy_rules_iptables_total", "kubeproxy_sync_proxy_rules_iptables_last"},
+        "nftables": everywhere | full_partial | {
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "kubeproxy_sync_proxy_rules_nftables_cleanup_failures_total"},
+        "ipvs": everywhere | {"kubeproxy_sync_proxy_rules_iptables_restore_failures_total"},
+    }
+    for mode, names in expected.items():
+        families = parse(render(mode))
+        assert {n for n in families if not n.startswith("process_")} == names, mode
+        for name in names:
+            kind, help, labels = UPSTREAM[name]
+            fam = families[name]
+            assert (fam["type"], fam["help"]) == (kind, f"[ALPHA] {help}"), name
+            assert {frozenset(set(s[1]) - {"le"}) for s in fam["samples"]} == {frozenset(labels)}, name
+        kubeproxy = [n for n in families if n.startswith("kubeproxy_")]
+        assert kubeproxy == sorted(kubeproxy)  # sorted by name, as client_golang writes them
+
+
+def test_exposition_reads_back_with_values_and_process_metrics():
+    metrics.SYNC_PROXY_RULES_NO_LOCAL_ENDPOINTS_TOTAL.labels(ip_family="IPv4", traffic_policy="internal").set(2)
+    before = parse(render("iptables"))["kubeproxy_sync_proxy_rules_endpoint_changes_total"]["samples"][0][2]
     metrics.ENDPOINT_CHANGES_TOTAL.inc()
-    metrics.SYNC_PROXY_RULES_NO_LOCAL_ENDPOINTS_TOTAL.set(2, ip_family="IPv4", traffic_policy="internal")
     metrics.record_sync(0.003, full=True)
-    families = parse(metrics.REGISTRY.render("iptables"))
-    for name in ("kubeproxy_sync_proxy_rules_endpoint_changes_total", "kubeproxy_sync_proxy_rules_duration_seconds",
-                 "kubeproxy_sync_full_proxy_rules_duration_seconds",
-                 "kubeproxy_sync_proxy_rules_no_local_endpoints_total",
-                 "kubeproxy_sync_proxy_rules_service_changes_pending"):  # unlabelled: present at 0 from the start
-        kind, help, _ = UPSTREAM[name]
-        assert families[name]["type"] == kind
-        assert families[name]["help"] == f"[ALPHA] {help}"
-    assert ("kubeproxy_sync_proxy_rules_no_local_endpoints_total", {"ip_family": "IPv4", "traffic_policy": "internal"},
-            2.0) in families["kubeproxy_sync_proxy_rules_no_local_endpoints_total"]["samples"]
+    text = render("iptables")
+    assert 'kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family="IPv4",traffic_policy="internal"} 2.0\n' \
+        in text
+    families = parse(text)
+    assert families["kubeproxy_sync_proxy_rules_endpoint_changes_total"]["samples"] == [
+        ("kubeproxy_sync_proxy_rules_endpoint_changes_total", {}, before + 1)]
     [(name, labels, _)] = families["kubeproxy_sync_proxy_rules_service_changes_pending"]["samples"]
-    assert (name, labels) == ("kubeproxy_sync_proxy_rules_service_changes_pending", {})
-    last = families["kubeproxy_sync_proxy_rules_last_timestamp_seconds"]["samples"][0]
+    assert (name, labels) == ("kubeproxy_sync_proxy_rules_service_changes_pending", {})  # present from the start
+    [last] = [s for s in families["kubeproxy_sync_proxy_rules_last_timestamp_seconds"]["samples"]
+              if s[1] == {"ip_family": "IPv4"}]
     assert abs(last[2] - time.time()) < 60
     for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_start_time_seconds",
                  "process_open_fds", "process_max_fds", "process_virtual_memory_bytes"):
         assert families[name]["samples"][0][2] > 0, name
     assert families["process_cpu_seconds_total"]["type"] == "counter"
     assert abs(families["process_start_time_seconds"]["samples"][0][2] - time.time()) < 3600
-    names = [n for n in families if n.startswith("kubeproxy_")]
-    assert names == sorted(names)
-
-
-def test_each_mode_exposes_what_upstream_registers_for_it():
-    for m in (metrics.IPTABLES_RULES_TOTAL, metrics.NFTABLES_SYNC_FAILURES_TOTAL,
-              metrics.IPTABLES_RESTORE_FAILURES_TOTAL):
-        (m.set if isinstance(m, metrics.Gauge) else m.inc)(1, ip_family="IPv4", **(
-            {"table": "nat"} if "table" in m.labelnames else {}))
-    metrics.SYNC_PARTIAL_PROXY_RULES_LATENCY.observe(0.01, ip_family="IPv4")
-    iptables = parse(metrics.REGISTRY.render("iptables"))
-    nftables = parse(metrics.REGISTRY.render("nftables"))
-    ipvs = parse(metrics.REGISTRY.render("ipvs"))
-    assert "kubeproxy_sync_proxy_rules_iptables_total" in iptables
-    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds" in iptables
-    assert "kubeproxy_sync_proxy_rules_nftables_sync_failures_total" not in iptables
-    assert "kubeproxy_sync_proxy_rules_nftables_sync_failures_total" in nftables
-    assert "kubeproxy_sync_proxy_rules_iptables_total" not in nftables
-    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds" in nftables  # upstream registers it there too
-    assert "kubeproxy_sync_partial_proxy_rules_duration_seconds" not in ipvs
-    assert "kubeproxy_sync_proxy_rules_iptables_restore_failures_total" in ipvs
-    assert "kubeproxy_sync_proxy_rules_iptables_total" not in ipvs
 
 
 def buckets_of(family: dict, **labels) -> list[tuple[str, float]]:
@@ -143,84 +162,89 @@ def buckets_of(family: dict, **labels) -> list[tuple[str, float]]:
 
 
 def test_histograms_are_cumulative_with_inf_sum_and_count():
-    r = Registry()
-    h = r.histogram("test_seconds", "A test", ["ip_family"], buckets=[0.1, 1, 10])
-    for v in (0.05, 0.1, 0.5, 5, 50):
-        h.observe(v, ip_family="IPv4")
-    h.observe(2, ip_family="IPv6")
-    fam = parse(r.render())["test_seconds"]
-    assert fam["type"] == "histogram" and fam["help"] == "[ALPHA] A test"
-    assert buckets_of(fam, ip_family="IPv4") == [("0.1", 2), ("1", 3), ("10", 4), ("+Inf", 5)]
-    assert buckets_of(fam, ip_family="IPv6") == [("0.1", 0), ("1", 0), ("10", 1), ("+Inf", 1)]
+    for v in (0.0005, 0.001, 0.003, 5, 50):
+        metrics.record_sync(v, full=False, ip_family="hist-a")
+    metrics.record_sync(2, full=False, ip_family="hist-b")
+    text = render("nftables")
+    fam = parse(text)["kubeproxy_sync_partial_proxy_rules_duration_seconds"]
+    a = buckets_of(fam, ip_family="hist-a")
+    assert a[:4] == [("0.001", 2), ("0.002", 2), ("0.004", 3), ("0.008", 3)]
+    assert a[-3:] == [("8.192", 4), ("16.384", 4), ("+Inf", 5)]
+    b = buckets_of(fam, ip_family="hist-b")
+    assert [c for _, c in b] == [0] * 11 + [1] * 5  # 2s falls in le="2.048" and above
     samples = {(s[0], s[1].get("ip_family")): s[2] for s in fam["samples"] if "le" not in s[1]}
-    assert samples[("test_seconds_sum", "IPv4")] == pytest.approx(55.65)
-    assert samples[("test_seconds_count", "IPv4")] == 5
-    assert samples[("test_seconds_count", "IPv6")] == 1
-    for labels in ({"ip_family": "IPv4"}, {"ip_family": "IPv6"}):
-        counts = [c for _, c in buckets_of(fam, **labels)]
-        assert counts == sorted(counts)
+    assert samples[("kubeproxy_sync_partial_proxy_rules_duration_seconds_sum", "hist-a")] == pytest.approx(55.0045)
+    assert samples[("kubeproxy_sync_partial_proxy_rules_duration_seconds_count", "hist-a")] == 5
+    assert samples[("kubeproxy_sync_partial_proxy_rules_duration_seconds_count", "hist-b")] == 1
     # ip_family comes before le, as client_golang writes it
-    assert 'test_seconds_bucket{ip_family="IPv4",le="0.1"} 2' in r.render()
+    assert 'kubeproxy_sync_partial_proxy_rules_duration_seconds_bucket{ip_family="hist-a",le="0.001"} 2.0\n' in text
 
 
 def test_upstream_buckets():
-    les = [le for le, _ in buckets_of(_observed(metrics.SYNC_PROXY_RULES_LATENCY), ip_family="IPv4")]
-    assert les == ["0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256", "0.512",
-                   "1.024", "2.048", "4.096", "8.192", "16.384", "+Inf"]
-    les = [le for le, _ in buckets_of(_observed(metrics.NETWORK_PROGRAMMING_LATENCY), ip_family="IPv4")]
-    assert les[:5] == ["0", "0.25", "0.5", "1", "2"]
-    assert les[-10:] == ["110", "115", "120", "150", "180", "210", "240", "270", "300", "+Inf"]
+    metrics.record_sync(0.0005, full=True, ip_family="buckets")
+    metrics.observe_network_programming("2023-11-14T22:13:20Z", ip_family="buckets", now=1_700_000_000,
+                                        not_before=0)
+    metrics.conntrack_reconciled("buckets", 0.0005, 0)
+    families = parse(render("iptables"))
+    sync = ["0.001", "0.002", "0.004", "0.008", "0.016", "0.032", "0.064", "0.128", "0.256", "0.512",
+            "1.024", "2.048", "4.096", "8.192", "16.384", "+Inf"]
+    for name in ("kubeproxy_sync_proxy_rules_duration_seconds", "kubeproxy_sync_full_proxy_rules_duration_seconds",
+                 "kubeproxy_conntrack_reconciler_sync_duration_seconds"):
+        assert [le for le, _ in buckets_of(families[name], ip_family="buckets")] == sync, name
+    les = [le for le, _ in buckets_of(families["kubeproxy_network_programming_duration_seconds"],
+                                      ip_family="buckets")]
+    assert les[:5] == ["0.0", "0.25", "0.5", "1.0", "2.0"]  # prometheus_client writes whole numbers with ".0"
+    assert les[-10:] == ["110.0", "115.0", "120.0", "150.0", "180.0", "210.0", "240.0", "270.0", "300.0", "+Inf"]
+    assert [float(le) for le in les[3:62]] == [float(n) for n in range(1, 60)]
     assert len(les) == 1 + 2 + 59 + 12 + 7 + 1
-    assert metrics.RECONCILE_CONNTRACK_FLOWS_LATENCY.buckets == tuple(exponential_buckets(0.001, 2, 15))
-
-
-def _observed(h: metrics.Histogram) -> dict:
-    r = Registry()
-    copy = r.histogram(h.name, h.help, h.labelnames, buckets=h.buckets)
-    copy.observe(0.0005, ip_family="IPv4")
-    return parse(r.render())[h.name]
 
 
 def test_unused_labelled_families_are_left_out_and_labels_escaped():
-    r = Registry()
-    r.counter("quiet_total", "Never used", ["code"])
-    c = r.counter("loud_total", 'Help with \\ and\nnewline', ["path"])
-    c.inc(path='a"b\\c\nd')
-    text = r.render()
+    quiet = Counter("quiet_total", "Never used", ["code"], registry=None)
+    loud = Counter("loud_total", 'Help with \\ and\nnewline', ["path"], registry=None)
+    plain = Gauge("plain", "Unlabelled", registry=None)
+    registry = CollectorRegistry()
+    registry.register(metrics.UsedFamilies([quiet, loud, plain]))
+    loud.labels(path='a"b\\c\nd').inc()
+    text = generate_latest(registry).decode()
     assert "quiet_total" not in text
-    assert '# HELP loud_total [ALPHA] Help with \\\\ and\\nnewline' in text
-    assert 'loud_total{path="a\\"b\\\\c\\nd"} 1' in text
+    assert text == ('# HELP loud_total Help with \\\\ and\\nnewline\n'
+                    '# TYPE loud_total counter\n'
+                    'loud_total{path="a\\"b\\\\c\\nd"} 1.0\n'
+                    '# HELP plain Unlabelled\n'
+                    '# TYPE plain gauge\n'
+                    'plain 0.0\n')
     with pytest.raises(ValueError):
-        c.inc(code="200")
+        loud.labels(code="200")
     with pytest.raises(ValueError):
-        c.inc(-1, path="x")
-
-
-def test_numbers_are_written_as_go_writes_them():
-    assert [go_float(v) for v in (0, 1, 0.25, 1e-05, 123456, 1e6, 1.7e9, 42692608, float("inf"))] == [
-        "0", "1", "0.25", "1e-05", "123456", "1e+06", "1.7e+09", "4.2692608e+07", "+Inf"]
+        loud.labels(path="x").inc(-1)
 
 
 def test_network_programming_latency_from_the_annotation():
     now = 1_700_000_100.0
-    before = metrics.NETWORK_PROGRAMMING_LATENCY.count(ip_family="IPv6")
+    def count() -> float:
+        return metrics.new_registry("ipvs").get_sample_value(
+            "kubeproxy_network_programming_duration_seconds_count", {"ip_family": "IPv6"}) or 0
+
+    before = count()
     assert observe_network_programming("2023-11-14T22:13:20Z", ip_family="IPv6", now=now,
                                        not_before=0) == pytest.approx(100)
     assert observe_network_programming("2023-11-14T23:14:58.5+01:00", ip_family="IPv6", now=now,
                                        not_before=0) == pytest.approx(1.5)
     assert observe_network_programming("2023-11-14T22:14:59.123456789Z", ip_family="IPv6", now=now,
                                        not_before=0) == pytest.approx(0.876544, abs=1e-6)
-    assert metrics.NETWORK_PROGRAMMING_LATENCY.count(ip_family="IPv6") == before + 3
+    assert count() == before + 3
     # Unparsable, without an offset, or older than this process: not observed.
     for bad in ("", "yesterday", "2023-11-14T22:13:20"):
         assert observe_network_programming(bad, ip_family="IPv6", now=now, not_before=0) is None
     assert observe_network_programming("2023-11-14T22:13:20Z", ip_family="IPv6", now=now) is None
-    assert metrics.NETWORK_PROGRAMMING_LATENCY.count(ip_family="IPv6") == before + 3
+    assert count() == before + 3
 
 
 def test_metrics_server():
     async def scenario():
-        server = await metrics.serve("127.0.0.1", 0, proxy_mode="nftables")
+        server = await metrics.serve("127.0.0.1", 0, proxy_mode="nftables",
+                                     registry=metrics.new_registry("nftables"))
         port = server.sockets[0].getsockname()[1]
         try:
             status, headers, body = await get(port, "/metrics")
