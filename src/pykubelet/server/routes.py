@@ -103,32 +103,28 @@ def build(host, authenticator: auth.Authenticator | None, authorizer: auth.Autho
     async def logs(request):
         return await container_logs(request, host)
 
-    async def exec_(request):
+    async def _container_stream(request, make_request, call):
+        """exec and attach: a CRI request for the running container, then the upgrade proxy to its URL."""
         info = request.match_info
         _require_upgrade(request)
         _, _, record = _running_container(host, info["namespace"], info["pod"], info["container"], info.get("uid"))
         stdin, stdout, stderr, tty = _stream_options(request.query)
-        command = request.query.getall("command", [])
-        if not command:
-            raise web.HTTPBadRequest(text="you must specify a command")
         try:
-            answer = await host.cri.exec(api.ExecRequest(container_id=record.id, cmd=command, tty=tty, stdin=stdin,
-                                                         stdout=stdout, stderr=stderr))
+            answer = await call(make_request(record.id, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty))
         except CRIError as err:
             raise _runtime_error(err) from None
         return await streaming.proxy(request, answer.url)
 
+    async def exec_(request):
+        command = request.query.getall("command", [])
+        if not command:
+            raise web.HTTPBadRequest(text="you must specify a command")
+        return await _container_stream(
+            request, lambda cid, **opts: api.ExecRequest(container_id=cid, cmd=command, **opts), host.cri.exec)
+
     async def attach(request):
-        info = request.match_info
-        _require_upgrade(request)
-        _, _, record = _running_container(host, info["namespace"], info["pod"], info["container"], info.get("uid"))
-        stdin, stdout, stderr, tty = _stream_options(request.query)
-        try:
-            answer = await host.cri.attach(api.AttachRequest(container_id=record.id, stdin=stdin, tty=tty,
-                                                             stdout=stdout, stderr=stderr))
-        except CRIError as err:
-            raise _runtime_error(err) from None
-        return await streaming.proxy(request, answer.url)
+        return await _container_stream(
+            request, lambda cid, **opts: api.AttachRequest(container_id=cid, **opts), host.cri.attach)
 
     async def port_forward(request):
         info = request.match_info
