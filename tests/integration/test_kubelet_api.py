@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pty
+import re
+import select
 import subprocess
+import time
+import urllib.request
 
 import pytest
 
-from tests.integration.pods import container, make_pod, wait_pod
+from tests.integration.pods import BUSYBOX, container, make_pod, wait_pod
 
 pytestmark = pytest.mark.integration
 
@@ -46,3 +53,113 @@ def test_pods_through_the_apiserver_and_anonymous_is_401(cluster, node, namespac
     anonymous = subprocess.run(["curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
                                 f"https://{node.ip}:10250/pods"], capture_output=True, text=True, timeout=30)
     assert anonymous.stdout == "401"
+
+
+def test_kubectl_exec_with_a_tty(cluster, namespace, talker):
+    """`kubectl exec -t` needs a terminal on its own stdin; a pty gives it one."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(cluster.bin / "kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}", "-n", namespace,
+                             "exec", "-it", talker, "--", "sh", "-c", "tty; stty size; echo tty-done"],
+                            stdin=follower, stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    out = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and b"tty-done" not in out:
+        ready, _, _ = select.select([leader], [], [], 1)
+        if ready:
+            try:
+                out += os.read(leader, 4096)
+            except OSError:
+                break
+    assert proc.wait(timeout=30) == 0, out
+    os.close(leader)
+    text = out.decode(errors="replace")
+    assert re.search(r"/dev/pts/\d+\r\n", text), text  # a terminal in the container, with its CRLF line discipline
+    assert "tty-done" in text
+
+
+def test_kubectl_cp_both_ways(cluster, namespace, talker, tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"copied in\n" + os.urandom(64 * 1024).hex().encode())
+    up = kubectl(cluster, "cp", str(source), f"{namespace}/{talker}:/tmp/in.txt")
+    assert up.returncode == 0, up.stderr
+    inside = kubectl(cluster, "-n", namespace, "exec", talker, "--", "md5sum", "/tmp/in.txt")
+    assert inside.stdout.split()[0] == hashlib.md5(source.read_bytes()).hexdigest(), inside
+    back = tmp_path / "back.txt"
+    down = kubectl(cluster, "cp", f"{namespace}/{talker}:/tmp/in.txt", str(back))
+    assert down.returncode == 0, down.stderr
+    assert back.read_bytes() == source.read_bytes()
+
+
+def test_kubectl_port_forward_carries_http(admin, cluster, node, namespace):
+    admin.create(make_pod(node, namespace, "web", [container(command=[
+        "sh", "-c", "mkdir -p /www && echo served-through-port-forward > /www/index.html && exec httpd -f -p 8080 -h /www"])]))
+    wait_pod(admin, namespace, "web", lambda p: p.status.phase == "Running", what="Running")
+    proc = subprocess.Popen([str(cluster.bin / "kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}", "-n", namespace,
+                             "port-forward", "--address=127.0.0.1", "pod/web", ":8080"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # "Forwarding from 127.0.0.1:NNNNN -> 8080"
+        match = re.search(r"127\.0\.0\.1:(\d+) -> 8080", line)
+        assert match, line
+        body = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not body:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/", timeout=5) as response:
+                    body = response.read()
+            except OSError:
+                time.sleep(0.5)
+        assert body == b"served-through-port-forward\n"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_kubectl_attach_reaches_the_container_stdin(admin, cluster, node, namespace):
+    admin.create(make_pod(node, namespace, "reader", [container(
+        command=["sh", "-c", "read line; echo attached:$line"], stdin=True, stdinOnce=True)],
+        restartPolicy="Never"))
+    wait_pod(admin, namespace, "reader", lambda p: p.status.phase == "Running", what="Running")
+    out = kubectl(cluster, "-n", namespace, "attach", "-i", "reader", input="through-attach\n")
+    assert "attached:through-attach" in out.stdout, out
+    wait_pod(admin, namespace, "reader", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+
+
+def test_kubectl_run_interactive_and_removed(cluster, namespace):
+    out = kubectl(cluster, "-n", namespace, "run", "once", f"--image={BUSYBOX}", "--restart=Never", "-i", "--rm",
+                  "--command", "--", "sh", "-c", "read x; echo ran:$x", input="run-stdin\n", timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ran:run-stdin" in out.stdout
+    gone = kubectl(cluster, "-n", namespace, "get", "pod", "once")
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+
+
+def _curl_kubelet(node, path, token):
+    out = subprocess.run(["curl", "-sk", "-H", f"Authorization: Bearer {token}", "-w", "\n%{http_code}",
+                          f"https://{node.ip}:10250{path}"], capture_output=True, text=True, timeout=30)
+    body, _, code = out.stdout.rpartition("\n")
+    return int(code), body
+
+
+def test_a_token_without_nodes_proxy_is_403_and_with_it_200(cluster, node, namespace):
+    assert kubectl(cluster, "-n", namespace, "create", "serviceaccount", "reader").returncode == 0
+    token = kubectl(cluster, "-n", namespace, "create", "token", "reader").stdout.strip()
+    code, body = _curl_kubelet(node, "/pods", token)
+    assert code == 403
+    assert body == (f"Forbidden (user=system:serviceaccount:{namespace}:reader, verb=get, resource=nodes, "
+                    "subresource(s)=[pods proxy])")
+    role = f"{namespace}-nodes-proxy"
+    assert kubectl(cluster, "create", "clusterrole", role, "--verb=get", "--resource=nodes/proxy").returncode == 0
+    try:
+        assert kubectl(cluster, "create", "clusterrolebinding", role, f"--clusterrole={role}",
+                       f"--serviceaccount={namespace}:reader").returncode == 0
+        deadline = time.monotonic() + 45  # the kubelet caches the denial for cacheUnauthorizedTTL (30 s)
+        while code != 200 and time.monotonic() < deadline:
+            time.sleep(2)
+            code, body = _curl_kubelet(node, "/pods", token)
+        assert code == 200 and '"PodList"' in body, (code, body[:200])
+        stats, _ = _curl_kubelet(node, "/stats/summary", token)  # nodes/proxy does not grant nodes/stats
+        assert stats == 403
+    finally:
+        kubectl(cluster, "delete", "clusterrolebinding", role)
+        kubectl(cluster, "delete", "clusterrole", role)
