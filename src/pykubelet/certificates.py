@@ -34,7 +34,7 @@ from lightkube.models.certificates_v1 import CertificateSigningRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.certificates_v1 import CertificateSigningRequest
 
-from nodeagent import logs
+from nodeagent import logs, retry
 
 log = logs.get(__name__)
 
@@ -202,20 +202,18 @@ async def bootstrap(kubeconfig: Path, bootstrap_kubeconfig: Path, cert_dir: Path
         config = KubeConfig.from_file(str(bootstrap_kubeconfig))
     except Exception as err:  # noqa: BLE001 - lightkube raises several types for a bad file
         raise BootstrapError(f"cannot use bootstrap kubeconfig {bootstrap_kubeconfig}: {err}") from err
-    backoff = 1.0
-    current = load_current(cert_dir)
-    while current is None:
+
+    async def request() -> None:
         client = AsyncClient(config=config)
         try:
             current = store(cert_dir, *await request_certificate(client, node_name))
-            log.info("Obtained client certificate by TLS bootstrap", path=current.path,
-                     notAfter=current.not_after.isoformat())
-        except Exception as err:  # noqa: BLE001 - apiserver errors and denials: log, back off, try again
-            log.error("TLS bootstrap failed; retrying", err=err, retryIn=f"{backoff:.0f}s")
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, max_backoff)
         finally:
             await client.close()
+        log.info("Obtained client certificate by TLS bootstrap", path=current.path,
+                 notAfter=current.not_after.isoformat())
+
+    if load_current(cert_dir) is None:  # apiserver errors and denials: logged, retried with back-off
+        await retry.until_done(request, log, "TLS bootstrap failed; retrying", maximum=max_backoff)
     write_kubeconfig(kubeconfig, bootstrap_kubeconfig, cert_dir)
     log.info("Wrote kubeconfig", path=kubeconfig)
 
@@ -225,3 +223,14 @@ async def rotate(client: AsyncClient, cert_dir: Path, node_name: str) -> ClientC
     new = store(cert_dir, *await request_certificate(client, node_name))
     log.info("Rotated client certificate", path=new.path, notAfter=new.not_after.isoformat())
     return new
+
+
+async def keep_renewed(cert_dir: Path, prefix: str, renew, what: str) -> None:
+    """Call `renew()` at a jittered 70-90% of the current certificate's lifetime, for ever; a failed renewal
+    keeps the old certificate and is retried with back-off. Returns when there is no current certificate.
+    """
+    while (current := load_current(cert_dir, prefix)) is not None:
+        deadline = current.rotation_deadline()
+        log.info(f"{what} rotation scheduled", notAfter=current.not_after.isoformat(), rotateAt=deadline.isoformat())
+        await asyncio.sleep(max((deadline - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0))
+        await retry.until_done(renew, log, f"{what} rotation failed; retrying", maximum=300)

@@ -7,7 +7,6 @@ never touched by a shutdown.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import signal
 import time
 
@@ -87,26 +86,13 @@ class Kubelet:
         await certificates.bootstrap(config.kubeconfig, config.bootstrap_kubeconfig, config.cert_dir, self.name)
 
     async def _rotate_certificates(self, api: Api) -> None:
-        """Renew the client certificate at a jittered 70-90% of its lifetime."""
-        while True:
-            current = certificates.load_current(self.config.cert_dir)
-            if current is None:
-                return  # the kubeconfig does not use a rotated certificate (e.g. a token)
-            deadline = current.rotation_deadline()
-            wait = (deadline - dt.datetime.now(dt.timezone.utc)).total_seconds()
-            log.info("Client certificate rotation scheduled", notAfter=current.not_after.isoformat(),
-                     rotateAt=deadline.isoformat())
-            await asyncio.sleep(max(wait, 0))
-            backoff = 1.0
-            while True:
-                try:
-                    await certificates.rotate(api.client, self.config.cert_dir, self.name)
-                    await api.reload()
-                    break
-                except Exception as err:  # noqa: BLE001 - keep the old certificate and try again
-                    log.error("Certificate rotation failed; retrying", err=err, retryIn=f"{backoff:.0f}s")
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 300)
+        """Renew the client certificate (none when the kubeconfig holds, say, a token)."""
+
+        async def renew() -> None:
+            await certificates.rotate(api.client, self.config.cert_dir, self.name)
+            await api.reload()
+
+        await certificates.keep_renewed(self.config.cert_dir, certificates.CLIENT, renew, "Client certificate")
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()

@@ -11,7 +11,7 @@ from lightkube.resources.core_v1 import Node
 
 from cri import CRIClient, CRIError
 
-from nodeagent import logs
+from nodeagent import logs, retry
 from nodeagent.apiclient import is_conflict
 
 from . import nodestatus, timestamps
@@ -59,16 +59,8 @@ class NodeManager:
 
     async def register(self) -> None:
         """Create the Node, or reconcile the one a previous run created; retries until it succeeds."""
-        backoff = 0.5
-        while True:
-            try:
-                self.uid = await self._register_once()
-                return
-            except Exception as err:  # noqa: BLE001 - keep trying: the apiserver may come back
-                log.error("Unable to register node with API server", node=self.name, err=err,
-                          retryIn=f"{backoff:.1f}s")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 7)
+        self.uid = await retry.until_done(self._register_once, log, "Unable to register node with API server",
+                                          initial=0.5, maximum=7, node=self.name)
 
     async def _register_once(self) -> str:
         client = self.api.client

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 
+import pytest
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -81,3 +83,38 @@ def test_kubeconfig_points_at_the_current_certificate(tmp_path):
     assert "token" not in kubeconfig.read_text()
     assert certificates.kubeconfig_usable(kubeconfig)
     assert kubeconfig.stat().st_mode & 0o077 == 0
+
+
+def test_keep_renewed_renews_a_due_certificate_retrying_failures(tmp_path, monkeypatch):
+    """Due (past 90% of its life): renewed at once; a failed renewal is retried with a doubling wait;
+    then it sleeps until the new certificate's own deadline."""
+    certificates.store(tmp_path, *_signed(1, start_days_ago=0.95))
+    waits, attempts = [], []
+
+    class Done(Exception):
+        pass
+
+    async def sleep(seconds):
+        waits.append(seconds)
+        if seconds > 86400:  # the next deadline, months away: stop the loop there
+            raise Done
+
+    async def renew():
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("apiserver unavailable")
+        certificates.store(tmp_path, *_signed(365))
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    with pytest.raises(Done):
+        asyncio.run(certificates.keep_renewed(tmp_path, certificates.CLIENT, renew, "Client certificate"))
+    assert len(attempts) == 3
+    assert waits[:3] == [0, 1.0, 2.0]  # due now, then the back-off between failed attempts
+    assert 0.7 * 365 * 86400 < waits[3] < 0.9 * 365 * 86400
+
+
+def test_keep_renewed_returns_without_a_certificate(tmp_path):
+    async def renew():
+        raise AssertionError("nothing to renew")
+
+    asyncio.run(certificates.keep_renewed(tmp_path, certificates.CLIENT, renew, "Client certificate"))

@@ -11,7 +11,7 @@ import asyncio
 
 from aiohttp import web
 
-from nodeagent import logs
+from nodeagent import logs, retry
 
 from . import auth, routes, tls
 
@@ -29,6 +29,11 @@ class KubeletServer:
         self.runners: list[web.AppRunner] = []
 
     async def run(self) -> None:
+        """Serve until cancelled. A failure (a port in use, a certificate that cannot be loaded) is logged
+        at once and the server started again with back-off; pods are not affected."""
+        await retry.until_done(self._serve, log, "The kubelet API server failed; starting it again", maximum=30)
+
+    async def _serve(self) -> None:
         """Serve until cancelled; a renewed serving certificate is loaded without a restart."""
         config = self.config
         try:
@@ -57,6 +62,7 @@ class KubeletServer:
         finally:
             for runner in self.runners:
                 await runner.cleanup()
+            self.runners.clear()
 
     async def _start(self, app: web.Application, port: int, ssl_context) -> None:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1)

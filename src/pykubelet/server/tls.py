@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from nodeagent import logs
+from nodeagent import logs, retry
 
 from .. import certificates
 from ..config import TLS_CIPHER_SUITES, KubeletConfig
@@ -119,16 +119,12 @@ class ServingCertificate:
         return self_signed(self.config.cert_dir, self.hostname, self.ips)
 
     async def obtain(self, client) -> tuple[Path, Path]:
-        """The first serving certificate by CSR, waiting for approval (retried with back-off)."""
-        backoff = 1.0
-        while (files := self.current()) is None:
-            try:
-                await self._request(client)
-            except Exception as err:  # noqa: BLE001 - apiserver errors, denials: log, back off, retry
-                log.error("Serving certificate request failed; retrying", err=err, retryIn=f"{backoff:.0f}s")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60)
-        return files
+        """The first serving certificate by CSR, waiting for approval (apiserver errors and denials are
+        logged and retried with back-off)."""
+        if self.current() is None:
+            await retry.until_done(lambda: self._request(client), log,
+                                   "Serving certificate request failed; retrying")
+        return self.current()
 
     async def _request(self, client) -> None:
         cert_pem, key_pem = await certificates.request_certificate(
@@ -138,22 +134,14 @@ class ServingCertificate:
         log.info("Obtained serving certificate", path=stored.path, notAfter=stored.not_after.isoformat())
 
     async def rotate(self, api) -> None:
-        """Renew the bootstrapped serving certificate at 70-90% of its lifetime, for ever."""
+        """Renew the bootstrapped serving certificate at 70-90% of its lifetime, for ever; `renewed` is set
+        after each renewal. A failed renewal keeps the old certificate in service."""
+
+        async def renew() -> None:
+            await self._request(api.client)
+            self.renewed.set()
+
         while True:
-            current = certificates.load_current(self.config.cert_dir, certificates.SERVER)
-            if current is None:
-                await self.obtain(api.client)
-                self.renewed.set()
-                continue
-            wait = (current.rotation_deadline() - dt.datetime.now(dt.timezone.utc)).total_seconds()
-            await asyncio.sleep(max(wait, 0))
-            backoff = 1.0
-            while True:
-                try:
-                    await self._request(api.client)
-                    self.renewed.set()
-                    break
-                except Exception as err:  # noqa: BLE001 - keep serving the old one and try again
-                    log.error("Serving certificate rotation failed; retrying", err=err, retryIn=f"{backoff:.0f}s")
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 300)
+            await certificates.keep_renewed(self.config.cert_dir, certificates.SERVER, renew, "Serving certificate")
+            await self.obtain(api.client)  # the files were removed under us: request a new one
+            self.renewed.set()
