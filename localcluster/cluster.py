@@ -67,7 +67,7 @@ def up(cluster: Cluster) -> None:
         log("sample workload:\n" + sample.run(cluster, images.busybox_name(cluster)))
         node = cluster.nodes[0]
         log(f"through its Service (NodePort {node.ip}:{sample.NODE_PORT}): "
-            + sample.through_service(node.ip))
+            + sample.through_service(node))
     except (procs.UpError, OSError, subprocess.SubprocessError) as err:
         log(f"up failed: {err}")
         log(f"stopping what up started (logs stay in {cluster.logs})")

@@ -31,6 +31,17 @@ def log_path(cluster: Cluster, name: str) -> Path:
     return cluster.logs / f"{name}.log"
 
 
+def excerpt(cluster: Cluster, name: str, limit: int = 15) -> str:
+    """The last `limit` warning and error lines (klog's W/E/F) of a daemon's log, for an error message."""
+    path = log_path(cluster, name)
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as err:
+        return f"{path}: {err}"
+    picked = [line[:300] for line in lines if line[:1] in ("W", "E", "F")][-limit:]
+    return f"last warnings and errors of {path}:\n" + ("\n".join(picked) if picked else "(none)")
+
+
 def _stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks since boot) of a process, or None if it is gone."""
     try:

@@ -13,6 +13,7 @@ import urllib.request
 
 import yaml
 
+from . import procs
 from .procs import UpError
 from .settings import Cluster
 
@@ -58,15 +59,18 @@ def run(cluster: Cluster, image: str) -> str:
     return _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
 
 
-def through_service(node_ip: str, timeout: float = 30) -> str:
-    """GET the sample through its NodePort on the node's address (pyproxy's rules); the reply, or UpError."""
+def through_service(node, timeout: float = 60) -> str:
+    """GET the sample through its NodePort on the node's address (pyproxy's rules); the reply, or UpError
+    saying what the proxy saw (the EndpointSlice's ready addresses, pyproxy's last warnings)."""
     deadline = time.monotonic() + timeout
     error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://{node_ip}:{NODE_PORT}/", timeout=3) as response:
+            with urllib.request.urlopen(f"http://{node.ip}:{NODE_PORT}/", timeout=3) as response:
                 return response.read().decode().strip()
         except OSError as err:
             error = err
             time.sleep(0.5)
-    raise UpError(f"sample Service did not answer on {node_ip}:{NODE_PORT}: {error}")
+    slices = _kubectl(node.cluster, "-n", NAMESPACE, "get", "endpointslices", "-o", "wide").stdout.strip()
+    raise UpError(f"sample Service did not answer on {node.ip}:{NODE_PORT} within {timeout:.0f}s: {error}\n"
+                  f"its EndpointSlices:\n{slices}\n{procs.excerpt(node.cluster, f'pyproxy-{node.name}')}")

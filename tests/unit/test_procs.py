@@ -50,3 +50,13 @@ def test_start_is_idempotent_and_a_recycled_pidfile_is_not_ours(cluster):
     assert procs.running(cluster, "sleeper") is None
     pidfile.write_text(real)
     procs.stop(cluster, "sleeper", grace=2)
+
+
+def test_an_excerpt_keeps_the_last_warnings_and_errors_of_a_log(cluster):
+    path = procs.log_path(cluster, "pyproxy-n1")
+    path.parent.mkdir(parents=True)
+    path.write_text("I0101 started\n" + "".join(f"W0101 warning {i}\n" for i in range(20)) + "E0101 broken\n")
+    text = procs.excerpt(cluster, "pyproxy-n1", limit=3)
+    assert text.splitlines()[1:] == ["W0101 warning 18", "W0101 warning 19", "E0101 broken"]
+    assert "started" not in text
+    assert "No such file" in procs.excerpt(cluster, "missing")
