@@ -87,10 +87,11 @@ def isolated(node: Node, argv: list[str]) -> list[str]:
     return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", " && ".join(steps), "sh", *argv]
 
 
-def start_upstream(node: Node) -> int:
+def start_upstream(node: Node, extra: dict | None = None) -> int:
+    """The upstream kubelet on `node`, with `extra` settings on top of its configuration."""
     flags = agents.kubelet_flags(node)  # exactly pykubelet's flags; this writes pykubelet's config.yaml ...
     config = agents.kubelet_dir(node) / "config.yaml"  # ... which the upstream configuration replaces
-    config.write_text(yaml.safe_dump(upstream_configuration(node), sort_keys=False))
+    config.write_text(yaml.safe_dump({**upstream_configuration(node), **(extra or {})}, sort_keys=False))
     argv = isolated(node, [str(node.cluster.bin / "kubelet"), *flags])
     return procs.start(node.cluster, daemon(node), argv, netns=node.netns,
                        cgroup_procs=tuple(d / "cgroup.procs" for d in cgroups.recorded_dirs(node.dir)))
@@ -175,15 +176,15 @@ def interrupt_on_signals() -> None:
             signal.signal(sig, signal.default_int_handler)
 
 
-def cluster_with_second_node():
-    """The running local cluster's settings with two nodes, or None (having said why) if it is not up."""
+def cluster_with_more_nodes(count: int = 2):
+    """The running local cluster's settings with `count` nodes, or None (having said why) if it is not up."""
     base = settings.load()
     stopped = [name for name, ok in local.status(base).items() if not ok]
     if stopped:
         print(f"bench: the local cluster is not up ({', '.join(stopped)} not running); start it with `make up`",
               file=sys.stderr)
         return None
-    return dataclasses.replace(base, node_count=2)
+    return dataclasses.replace(base, node_count=count)
 
 
 def admin_client(cluster):
@@ -271,11 +272,12 @@ def machine_facts(cluster, pykubelet_pid: int) -> dict[str, str]:
     }
 
 
-def run_beside_upstream(results: Path, body, *, errors: tuple = (), teardown=None) -> int:
+def run_beside_upstream(results: Path, body, *, errors: tuple = (), teardown=None, nodes: int = 2) -> int:
     """The frame of a benchmark: add pynode-n2 with the upstream kubelet, run `body(cluster, node, client)`
     (which returns the report), always remove pynode-n2 (after `teardown(client, node)` if given), and
-    write the report to `results`. Returns the exit status."""
-    cluster = cluster_with_second_node()
+    write the report to `results`. Returns the exit status. With `nodes` > 2, the cluster settings
+    `body` gets name further nodes, which it brings up and its teardown removes."""
+    cluster = cluster_with_more_nodes(nodes)
     if cluster is None:
         return 1
     node = cluster.nodes[1]
