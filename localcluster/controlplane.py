@@ -76,6 +76,10 @@ def _argv(cluster: Cluster, name: str) -> list[str]:
             # The kubelets' serving certificates come from CSRs the cluster CA signs: verify them.
             f"--kubelet-certificate-authority={pki / 'ca.crt'}",
             "--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname",
+            # The aggregation layer, as kubeadm sets it up: the apiserver proxies aggregated APIs
+            # (metrics.k8s.io) as front-proxy-client, and dials the backing pod's IP rather than its
+            # Service's ClusterIP, since no kube-proxy runs on the control-plane host.
+            "--enable-aggregator-routing=true",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
             f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+from pathlib import Path
 
 import yaml
 from cryptography import x509
@@ -45,3 +46,38 @@ def test_admin_kubeconfig_authenticates_as_a_cluster_admin(tmp_path):
     cert = x509.load_pem_x509_certificate(base64.b64decode(user["client-certificate-data"]))
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "kubernetes-admin"
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "kubeadm:cluster-admins"
+
+
+def _client_usage(cert: x509.Certificate) -> list:
+    return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_front_proxy_client_is_signed_by_its_own_ca_for_the_aggregation_layer(tmp_path):
+    """kube-apiserver proxies aggregated APIs (metrics.k8s.io) with this certificate; the extension
+    apiserver trusts it through --requestheader-client-ca-file and the allowed name front-proxy-client."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    from localcluster import controlplane
+
+    cluster = dataclasses.replace(settings.load(), state=tmp_path)
+    pki.ensure(cluster)
+    load = lambda stem: x509.load_pem_x509_certificate((cluster.pki / f"{stem}.crt").read_bytes())  # noqa: E731
+    front_ca, client, cluster_ca = load("front-proxy-ca"), load("front-proxy-client"), load("ca")
+    client.verify_directly_issued_by(front_ca)
+    assert front_ca.subject != cluster_ca.subject, "a separate CA, as kubeadm makes it"
+    assert front_ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "front-proxy-client"
+    assert _client_usage(client) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+
+    argv = controlplane._argv(cluster, "kube-apiserver")
+    flags = dict(a.removeprefix("--").split("=", 1) for a in argv[1:])
+    assert flags["requestheader-client-ca-file"] == str(cluster.pki / "front-proxy-ca.crt")
+    assert flags["proxy-client-cert-file"] == str(cluster.pki / "front-proxy-client.crt")
+    assert flags["proxy-client-key-file"] == str(cluster.pki / "front-proxy-client.key")
+    assert flags["requestheader-allowed-names"] == "front-proxy-client"
+    assert flags["requestheader-username-headers"] == "X-Remote-User"
+    assert flags["requestheader-group-headers"] == "X-Remote-Group"
+    assert flags["requestheader-extra-headers-prefix"] == "X-Remote-Extra-"
+    assert flags["enable-aggregator-routing"] == "true"
+    for name in ("requestheader-client-ca-file", "proxy-client-cert-file", "proxy-client-key-file"):
+        assert Path(flags[name]).exists()
