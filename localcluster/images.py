@@ -5,7 +5,9 @@ this machine: an `Image` lists the files of its single layer and its runtime
 config, `build()` writes a reproducible OCI archive (same inputs, same digest)
 into the cache, and `import_archive()` loads it into a containerd's `k8s.io`
 namespace under every name in `Image.names`. Add an image by adding a function
-to CATALOG.
+to CATALOG; `up` imports all of those into every node. Images only a test
+fixture needs (metrics-server) are in ON_DEMAND, built and imported by that
+fixture.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .procs import UpError
-from .settings import Cluster
+from .settings import Cluster, metrics_server_version
 
 
 @dataclass(frozen=True)
@@ -207,6 +209,33 @@ def busybox_image(cluster: Cluster) -> Image:
 CATALOG: dict[str, Callable[[Cluster], Image]] = {
     "pause": pause_image,
     "busybox": busybox_image,
+}
+
+
+def metrics_server_name(cluster: Cluster) -> str:
+    """The name upstream's release manifests give the pinned metrics-server."""
+    return f"registry.k8s.io/metrics-server/metrics-server:{metrics_server_version()}"
+
+
+def metrics_server_image(cluster: Cluster) -> Image:
+    """metrics-server as upstream's Dockerfile makes it (one static binary, USER 65534), from the binary that
+    localcluster/upstream/metrics-server/build.sh put in the cache."""
+    binary = cluster.metrics_server_bin / "metrics-server"
+    if not binary.is_file():
+        raise UpError(f"images: {binary} is missing; run localcluster/upstream/metrics-server/build.sh first")
+    entries = [
+        Entry("metrics-server", binary.read_bytes()),
+        Entry("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:"
+              b"/sbin/nologin\n", 0o644),
+        Entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+        Entry("tmp", mode=0o1777),
+    ]
+    return Image(names=[metrics_server_name(cluster)], entries=entries, entrypoint=["/metrics-server"],
+                 user="65534")
+
+
+ON_DEMAND: dict[str, Callable[[Cluster], Image]] = {
+    "metrics-server": metrics_server_image,
 }
 
 

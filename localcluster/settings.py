@@ -18,6 +18,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_DIR = REPO / "localcluster" / "upstream"
+METRICS_SERVER_DIR = UPSTREAM_DIR / "metrics-server"
 
 
 def kubernetes_version() -> str:
@@ -26,6 +27,15 @@ def kubernetes_version() -> str:
     match = re.search(r"^require k8s\.io/kubernetes (v\d+\.\d+\.\d+)", text, re.M)
     if not match:
         raise RuntimeError(f"no 'require k8s.io/kubernetes vX.Y.Z' line in {UPSTREAM_DIR / 'go.mod'}")
+    return match.group(1)
+
+
+def metrics_server_version() -> str:
+    """The pinned metrics-server release (a test fixture), read from its own build recipe's go.mod."""
+    text = (METRICS_SERVER_DIR / "go.mod").read_text()
+    match = re.search(r"^require sigs\.k8s\.io/metrics-server (v\d+\.\d+\.\d+)", text, re.M)
+    if not match:
+        raise RuntimeError(f"no 'require sigs.k8s.io/metrics-server vX.Y.Z' line in {METRICS_SERVER_DIR / 'go.mod'}")
     return match.group(1)
 
 
@@ -138,6 +148,11 @@ class Cluster:
     @property
     def bin(self) -> Path:
         return self.cache / "upstream" / self.version / "bin"
+
+    @property
+    def metrics_server_bin(self) -> Path:
+        """Where localcluster/upstream/metrics-server/build.sh puts the fixture's binary."""
+        return self.cache / "upstream" / f"metrics-server-{metrics_server_version()}" / "bin"
 
     @property
     def images(self) -> Path:
