@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cluster, settings
+from . import cluster, metrics_server, settings
 from .procs import UpError
 
 
@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", help="print the export lines for KUBECONFIG and PATH")
     build = sub.add_parser("build", help="build upstream programs into the cache (default: control plane + kubectl)")
     build.add_argument("programs", nargs="*", help="e.g. kubelet kube-proxy")
+    msrv = sub.add_parser("metrics-server", help="a test fixture: build metrics-server, run it in the cluster and "
+                          "wait until `kubectl top` works (--remove: delete it again)")
+    msrv.add_argument("--remove", action="store_true", help="delete everything the deploy created")
     args = parser.parse_args(argv)
 
     config = settings.load()
@@ -36,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
             print(cluster.env_lines(config))
         elif args.command == "build":
             cluster.build_upstream(config, args.programs)
+        elif args.command == "metrics-server" and args.remove:
+            metrics_server.remove(config)
+        elif args.command == "metrics-server":
+            metrics_server.deploy(config)
+            print("# metrics-server is Available; try: kubectl top node; kubectl top pod -A")
     except UpError as err:
         print(f"localcluster {args.command}: {err}", file=sys.stderr)
         return 1
