@@ -25,10 +25,11 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import yaml
 
-from . import images
+from . import images, procs
 from .procs import UpError
 from .settings import METRICS_SERVER_DIR, Cluster
 
@@ -175,8 +176,28 @@ def wait_available(cluster: Cluster, timeout: float = 180) -> None:
                   + diagnostics(cluster))
 
 
+AGGREGATOR_ROUTING = "--enable-aggregator-routing=true"
+
+
+def check_apiserver(cluster: Cluster) -> None:
+    """The running kube-apiserver must dial the APIService's pod rather than its ClusterIP (which the host
+    holds unreachable); one started before controlplane.py passed the flag lacks it until restarted."""
+    pid = procs.running(cluster, "kube-apiserver")
+    if pid is None:
+        raise UpError("metrics-server: kube-apiserver is not running; start the cluster first (make up)")
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+    except OSError as err:
+        raise UpError(f"metrics-server: cannot read kube-apiserver's command line: {err}") from err
+    if AGGREGATOR_ROUTING not in argv:
+        raise UpError(f"metrics-server: the running kube-apiserver (pid {pid}) was started without "
+                      f"{AGGREGATOR_ROUTING}, so it cannot reach metrics-server; restart the cluster "
+                      "(make down && make up) to start it with today's flags")
+
+
 def deploy(cluster: Cluster, timeout: float = 180) -> None:
     """Build, import, apply and wait for the APIService; safe to repeat (every step keeps what is done)."""
+    check_apiserver(cluster)
     build(cluster)
     apply(cluster, import_image(cluster))
     wait_available(cluster, timeout)

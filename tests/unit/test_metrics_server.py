@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
 
-from localcluster import images, metrics_server, settings
+from localcluster import images, metrics_server, procs, settings
 from localcluster.procs import UpError
 
 
@@ -103,3 +104,20 @@ def test_manifests_match_upstreams_base_apart_from_the_arguments_and_image():
     assert pod["priorityClassName"] == their_pod["priorityClassName"]
     # The only argument upstream has and we do not widen is the address types (we scrape InternalIP only).
     assert set(theirs["args"]) - set(mine["args"]) == {"--kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname"}
+
+
+@pytest.mark.parametrize("flags, ok", [(["--enable-aggregator-routing=true"], True), ([], False)])
+def test_deploy_first_checks_the_running_apiserver_routes_to_pods(tmp_path, flags, ok):
+    """An apiserver started before the flag existed cannot reach the pod; say so rather than time out."""
+    cluster = dataclasses.replace(settings.load(), state=tmp_path)
+    with pytest.raises(UpError, match="kube-apiserver is not running"):
+        metrics_server.check_apiserver(cluster)
+    procs.start(cluster, "kube-apiserver", [sys.executable, "-c", "import time; time.sleep(30)", *flags])
+    try:
+        if ok:
+            metrics_server.check_apiserver(cluster)
+        else:
+            with pytest.raises(UpError, match=r"started without --enable-aggregator-routing=true.*make down && make up"):
+                metrics_server.check_apiserver(cluster)
+    finally:
+        procs.stop(cluster, "kube-apiserver", grace=2)
