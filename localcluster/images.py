@@ -144,6 +144,16 @@ def import_archive(archive: Path, containerd_socket: Path) -> None:
         raise UpError(f"images: importing {archive.name} into {containerd_socket} failed: {proc.stderr.strip()}")
 
 
+def remove_image(name: str, containerd_socket: Path) -> None:
+    """Forget image `name` in a containerd's `k8s.io` namespace; one that is not there is no error."""
+    proc = subprocess.run(
+        ["ctr", f"--address={containerd_socket}", "--namespace=k8s.io", "images", "rm", name],
+        capture_output=True, text=True, timeout=60,
+    )
+    if proc.returncode != 0 and "not found" not in proc.stderr:
+        raise UpError(f"images: removing {name} from {containerd_socket} failed: {proc.stderr.strip()}")
+
+
 # --- the catalog -------------------------------------------------------------------------------
 
 def _module_dir(cluster: Cluster) -> Path:

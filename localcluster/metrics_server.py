@@ -203,10 +203,12 @@ def deploy(cluster: Cluster, timeout: float = 180) -> None:
     wait_available(cluster, timeout)
 
 
-def remove(cluster: Cluster, timeout: float = 90) -> None:
-    """Delete every object deploy() applied (APIService first, so discovery stops asking for it) and wait
-    until the pods are gone."""
-    docs = yaml.safe_dump_all(list(reversed(manifests(images.metrics_server_name(cluster)))), sort_keys=False)
+def remove(cluster: Cluster, timeout: float = 90, keep_image: bool = False) -> None:
+    """Delete every object deploy() applied (APIService first, so discovery stops asking for it), wait
+    until the pods are gone, then drop the image from the nodes unless `keep_image` (the archive and
+    the binary stay in the cache)."""
+    name = images.metrics_server_name(cluster)
+    docs = yaml.safe_dump_all(list(reversed(manifests(name))), sort_keys=False)
     deleted = _kubectl(cluster, "delete", "--ignore-not-found", "--wait=true", f"--timeout={timeout:.0f}s",
                        "-f", "-", stdin=docs, timeout=timeout + 30)
     if deleted.returncode != 0:
@@ -216,3 +218,7 @@ def remove(cluster: Cluster, timeout: float = 90) -> None:
                     f"--timeout={timeout:.0f}s", timeout=timeout + 30)
     if gone.returncode != 0 and "no matching resources" not in gone.stderr:
         raise UpError(f"metrics-server: its pods did not go away: {gone.stderr.strip()}")
+    if not keep_image:
+        for node in cluster.nodes:
+            if procs.running(cluster, f"containerd-{node.name}"):
+                images.remove_image(name, node.containerd_socket)
