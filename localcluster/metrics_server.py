@@ -192,7 +192,7 @@ def check_apiserver(cluster: Cluster) -> None:
     if AGGREGATOR_ROUTING not in argv:
         raise UpError(f"metrics-server: the running kube-apiserver (pid {pid}) was started without "
                       f"{AGGREGATOR_ROUTING}, so it cannot reach metrics-server; restart the cluster "
-                      "(make down && make up) to start it with today's flags")
+                      "(make down && make up) to start it with the current flags")
 
 
 def deploy(cluster: Cluster, timeout: float = 180) -> None:
@@ -209,7 +209,8 @@ def remove(cluster: Cluster, timeout: float = 90, keep_image: bool = False) -> N
     the binary stay in the cache)."""
     name = images.metrics_server_name(cluster)
     docs = yaml.safe_dump_all(list(reversed(manifests(name))), sort_keys=False)
-    deleted = _kubectl(cluster, "delete", "--ignore-not-found", "--wait=true", f"--timeout={timeout:.0f}s",
+    deleted = _kubectl(cluster, "delete", "--ignore-not-found", "--cascade=foreground", "--wait=true",
+                       f"--timeout={timeout:.0f}s",
                        "-f", "-", stdin=docs, timeout=timeout + 30)
     if deleted.returncode != 0:
         raise UpError(f"metrics-server: kubectl delete failed: {deleted.stderr.strip()}")
