@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,11 @@ def test_deploy_first_checks_the_running_apiserver_routes_to_pods(tmp_path, flag
     cluster = dataclasses.replace(settings.load(), state=tmp_path)
     with pytest.raises(UpError, match="kube-apiserver is not running"):
         metrics_server.check_apiserver(cluster)
-    procs.start(cluster, "kube-apiserver", [sys.executable, "-c", "import time; time.sleep(30)", *flags])
+    pid = procs.start(cluster, "kube-apiserver", [sys.executable, "-c", "import time; time.sleep(30)", *flags])
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while b"time.sleep" not in cmdline.read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)  # between fork and exec the child still shows pytest's command line
     try:
         if ok:
             metrics_server.check_apiserver(cluster)
