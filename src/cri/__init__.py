@@ -9,7 +9,7 @@ from . import api_pb2 as api
 from . import api_pb2_grpc as api_grpc
 from .client import DEFAULT_PULL_TIMEOUT, DEFAULT_TIMEOUT, CRIClient, Endpoint
 from .config import container_config, pod_sandbox_config
-from .errors import CRIError, DeadlineExceeded, NotFound, RPCError, Unavailable, Unimplemented
+from .errors import CRIError, DeadlineExceeded, ExitError, NotFound, RPCError, Unavailable, Unimplemented
 
 __all__ = [
     "api",
@@ -26,4 +26,5 @@ __all__ = [
     "DeadlineExceeded",
     "Unimplemented",
     "RPCError",
+    "ExitError",
 ]

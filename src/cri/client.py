@@ -5,6 +5,13 @@ PullImage), or the ``timeout=`` given to the call. A missing socket fails at onc
 with Unavailable; otherwise the call waits, within its deadline, for the channel
 to (re)connect, so calls work again as soon as a restarted runtime listens.
 Failures raise :mod:`cri.errors` exceptions.
+
+An optional ``observer(operation, seconds, error)`` hears of every call once it ends:
+``operation`` is the name upstream's kubelet gives the RPC in its runtime metrics
+(``list_containers``, ``run_podsandbox``...), ``error`` what it raised (a CRIError, or
+CancelledError) or None.
+As upstream's remote client, an ExecSync whose command exits non-zero is reported
+with an ExitError (and returned as usual).
 """
 
 from __future__ import annotations
@@ -12,13 +19,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
 from . import api_pb2 as api
 from . import api_pb2_grpc as api_grpc
-from .errors import CRIError, DeadlineExceeded, Unavailable, Unimplemented, from_rpc_error
+from .errors import CRIError, DeadlineExceeded, ExitError, Unavailable, Unimplemented, from_rpc_error
 
 DEFAULT_TIMEOUT = 120.0  # the kubelet's --runtime-request-timeout default
 DEFAULT_PULL_TIMEOUT = 30 * 60.0
@@ -35,6 +43,24 @@ _CHANNEL_OPTIONS = (
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
+
+
+# Each RPC's operation_type in the kubelet's runtime metrics (pkg/kubelet/kuberuntime/instrumented_services.go).
+OPERATIONS = {
+    "Version": "version", "Status": "status", "UpdateRuntimeConfig": "update_runtime_config",
+    "RunPodSandbox": "run_podsandbox", "StopPodSandbox": "stop_podsandbox", "RemovePodSandbox": "remove_podsandbox",
+    "PodSandboxStatus": "podsandbox_status", "ListPodSandbox": "list_podsandbox",
+    "CreateContainer": "create_container", "StartContainer": "start_container", "StopContainer": "stop_container",
+    "RemoveContainer": "remove_container", "ListContainers": "list_containers", "ContainerStatus": "container_status",
+    "UpdateContainerResources": "update_container", "ReopenContainerLog": "reopen_container_log",
+    "ExecSync": "exec_sync", "Exec": "exec", "Attach": "attach", "PortForward": "port_forward",
+    "ContainerStats": "container_stats", "ListContainerStats": "list_container_stats",
+    "PodSandboxStats": "podsandbox_stats", "ListPodSandboxStats": "list_podsandbox_stats",
+    "ListImages": "list_images", "ImageStatus": "image_status", "PullImage": "pull_image",
+    "RemoveImage": "remove_image", "ImageFsInfo": "image_fs_info",
+}
+
+Observer = Callable[[str, float, "BaseException | None"], None]
 
 
 @dataclass(frozen=True)
@@ -76,11 +102,13 @@ class CRIClient:
         image_endpoint: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         pull_timeout: float = DEFAULT_PULL_TIMEOUT,
+        observer: Observer | None = None,
     ):
         self.endpoint = Endpoint.parse(endpoint)
         self.image_endpoint = Endpoint.parse(image_endpoint) if image_endpoint else self.endpoint
         self.timeout = timeout
         self.pull_timeout = pull_timeout
+        self.observer = observer
         self._channels: dict[Endpoint, grpc.aio.Channel] = {}
         self._stubs: dict[str, object] = {}
 
@@ -125,6 +153,22 @@ class CRIClient:
                 raise Unavailable(f"no connection within {timeout:g}s", socket=endpoint.path, rpc="connect") from None
 
     async def _call(self, endpoint: Endpoint, service: str, rpc: str, request, timeout: float):
+        if self.observer is None:
+            return await self._send(endpoint, service, rpc, request, timeout)
+        started = time.monotonic()
+        try:
+            response = await self._send(endpoint, service, rpc, request, timeout)
+        except BaseException as err:  # a CRIError, or the caller cancelled the call (counted too, as upstream)
+            self.observer(OPERATIONS.get(rpc, rpc), time.monotonic() - started, err)
+            raise
+        error = None
+        if rpc == "ExecSync" and response.exit_code != 0:
+            error = ExitError(f"command {' '.join(request.cmd)!r} exited with {response.exit_code}",
+                              socket=endpoint.path, rpc=rpc)
+        self.observer(OPERATIONS.get(rpc, rpc), time.monotonic() - started, error)
+        return response
+
+    async def _send(self, endpoint: Endpoint, service: str, rpc: str, request, timeout: float):
         if not os.path.exists(endpoint.path):
             raise Unavailable(
                 "socket does not exist (is the container runtime running?)", socket=endpoint.path, rpc=rpc
@@ -318,4 +362,4 @@ class CRIClient:
         return await self._image_call("ImageFsInfo", request or api.ImageFsInfoRequest(), timeout)
 
 
-__all__ = ["CRIClient", "CRIError", "Endpoint", "DEFAULT_TIMEOUT", "DEFAULT_PULL_TIMEOUT", "KUBELET_API_VERSION"]
+__all__ = ["CRIClient", "CRIError", "Endpoint", "OPERATIONS", "Observer", "DEFAULT_TIMEOUT", "DEFAULT_PULL_TIMEOUT", "KUBELET_API_VERSION"]

@@ -32,6 +32,10 @@ class Unimplemented(CRIError):
     """The runtime does not implement this RPC (or runtime.v1 at all)."""
 
 
+class ExitError(CRIError):
+    """ExecSync ran the command and it exited non-zero. Never raised: only reported to the client's observer."""
+
+
 class RPCError(CRIError):
     """Any other non-OK status; see ``code``."""
 

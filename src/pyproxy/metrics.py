@@ -14,16 +14,15 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.registry import Collector
 
 from nodeagent import httpserve, logs
+from nodeagent.metrics import UsedFamilies
 
 log = logs.get(__name__)
 
-disable_created_metrics()  # client_golang writes no *_created series
 PROCESS_START = time.time()
 ALL_MODES = frozenset({"iptables", "ipvs", "nftables"})
 MODES: dict[MetricWrapperBase, frozenset[str]] = {}  # every metric → the proxy modes upstream registers it for
@@ -33,17 +32,6 @@ def _alpha(kind, name: str, help: str, labels: Iterable[str] = (), *, modes: Ite
     metric = kind(name, f"[ALPHA] {help}", labels, registry=None, **kw)
     MODES[metric] = frozenset(modes)
     return metric
-
-
-class UsedFamilies(Collector):
-    """The metrics' families as client_golang writes them: sorted by name, labelled ones never used left out."""
-
-    def __init__(self, metrics: Iterable[MetricWrapperBase]):
-        self.metrics = list(metrics)
-
-    def collect(self):
-        families = [f for m in self.metrics for f in m.collect() if f.samples]
-        return sorted(families, key=lambda f: f.name + ("_total" if f.type == "counter" else ""))
 
 
 def new_registry(mode: str) -> CollectorRegistry:
