@@ -2,10 +2,16 @@
 
 Credentials change when a client certificate rotates, so loops ask `Api.client`
 (or `Api.http`) for the current client on every use instead of keeping one.
+
+An optional ``observe(method, host, code, seconds)`` hears of every HTTP request to the
+apiserver, lightkube's and our own alike, when its response headers arrive (``code``
+None: it failed without a response) — what client-go's rest client metrics count.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx2
@@ -17,17 +23,57 @@ log = logs.get(__name__)
 
 REQUEST_TIMEOUT = 10.0
 
+Observe = Callable[[str, str, "int | None", float], None]
+
+
+class ObservedTransport(httpx2.AsyncBaseTransport):
+    """An httpx transport that tells `observe` of each request it carries."""
+
+    def __init__(self, inner: httpx2.AsyncBaseTransport, observe: Observe):
+        self.inner = inner
+        self.observe = observe
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        host = request.url.netloc.decode("ascii", errors="replace")
+        started = time.monotonic()
+        try:
+            response = await self.inner.handle_async_request(request)
+        except BaseException:
+            self.observe(request.method, host, None, time.monotonic() - started)
+            raise
+        self.observe(request.method, host, response.status_code, time.monotonic() - started)
+        return response
+
+    async def __aenter__(self):
+        await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.inner.__aexit__(*exc)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
 
 class Api:
-    def __init__(self, kubeconfig: Path | None, *, field_manager: str):
+    def __init__(self, kubeconfig: Path | None, *, field_manager: str, observe: Observe | None = None):
         self.kubeconfig = kubeconfig  # None: in-cluster service account, else $KUBECONFIG or ~/.kube/config
         self.field_manager = field_manager
+        self.observe = observe
         self.client = self._connect()
 
     def _connect(self) -> AsyncClient:
         config = KubeConfig.from_file(str(self.kubeconfig)) if self.kubeconfig else KubeConfig.from_env()
-        return AsyncClient(config=config, field_manager=self.field_manager,
-                           timeout=httpx2.Timeout(REQUEST_TIMEOUT))
+        client = AsyncClient(config=config, field_manager=self.field_manager,
+                             timeout=httpx2.Timeout(REQUEST_TIMEOUT))
+        if self.observe is not None:
+            # httpx builds its transport (TLS from the kubeconfig) itself; we wrap the one it built, and any
+            # proxy transport it mounted from the environment.
+            http = client._client._client
+            http._transport = ObservedTransport(http._transport, self.observe)
+            http._mounts = {pattern: ObservedTransport(transport, self.observe) if transport is not None else None
+                            for pattern, transport in http._mounts.items()}
+        return client
 
     async def reload(self) -> None:
         """Reconnect with the kubeconfig's current credentials."""

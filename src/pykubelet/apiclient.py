@@ -9,8 +9,8 @@ from nodeagent import apiclient
 
 
 class Api(apiclient.Api):
-    def __init__(self, kubeconfig: Path):
-        super().__init__(kubeconfig, field_manager="pykubelet")
+    def __init__(self, kubeconfig: Path, observe: apiclient.Observe | None = None):
+        super().__init__(kubeconfig, field_manager="pykubelet", observe=observe)
 
     async def delete_pod_now(self, namespace: str, name: str, uid: str | None = None) -> None:
         """Delete a pod with grace period 0 (optionally only if it still has `uid`); gone already is fine."""

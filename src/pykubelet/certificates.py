@@ -225,12 +225,35 @@ async def rotate(client: AsyncClient, cert_dir: Path, node_name: str) -> ClientC
     return new
 
 
-async def keep_renewed(cert_dir: Path, prefix: str, renew, what: str) -> None:
+async def keep_renewed(cert_dir: Path, prefix: str, renew, what: str, metrics=None) -> None:
     """Call `renew()` at a jittered 70-90% of the current certificate's lifetime, for ever; a failed renewal
     keeps the old certificate and is retried with back-off. Returns when there is no current certificate.
+
+    `metrics` (a metrics.CertificateMetrics) hears of the certificate in use, each failed renewal and
+    each rotation.
     """
     while (current := load_current(cert_dir, prefix)) is not None:
+        if metrics is not None:
+            metrics.current(current)
         deadline = current.rotation_deadline()
         log.info(f"{what} rotation scheduled", notAfter=current.not_after.isoformat(), rotateAt=deadline.isoformat())
         await asyncio.sleep(max((deadline - dt.datetime.now(dt.timezone.utc)).total_seconds(), 0))
-        await retry.until_done(renew, log, f"{what} rotation failed; retrying", maximum=300)
+        await retry.until_done(counted(renew, metrics), log, f"{what} rotation failed; retrying", maximum=300)
+        if metrics is not None:
+            metrics.rotated(current)
+    if metrics is not None:
+        metrics.current(None)
+
+
+def counted(action, metrics):
+    """`action`, with each failure told to `metrics.renew_failed()` (when there are metrics)."""
+    if metrics is None:
+        return action
+
+    async def attempt():
+        try:
+            return await action()
+        except Exception:
+            metrics.renew_failed()
+            raise
+    return attempt

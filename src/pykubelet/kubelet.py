@@ -43,7 +43,8 @@ class ServerHost:
         self.config = kubelet.config
         self.healthy = kubelet.healthy
         self.workers, self.pleg, self.cri = workers, pleg, runtime
-        self.registry = metrics.registry(kubelet.name, self.runtime_pods)
+        self.metrics = kubelet.metrics
+        self.registry, self.probes_registry = kubelet.metrics.registry, kubelet.metrics.probes_registry
 
     def find_pod(self, namespace: str, name: str) -> tuple[dict, dict | None] | None:
         for worker in list(self.workers.workers.values()):
@@ -68,6 +69,9 @@ class Kubelet:
         self.name = nodestatus.node_name(config.hostname_override)
         self.ip = config.node_ip or nodestatus.default_node_ip()
         self.node: NodeManager | None = None
+        self.metrics = metrics.KubeletMetrics(
+            self.name, client_rotation=config.rotate_certificates,
+            serving_bootstrap=config.enable_server and config.tls_cert_file is None and config.server_tls_bootstrap)
 
     def healthy(self) -> tuple[bool, str]:
         if self.node is None:
@@ -92,7 +96,8 @@ class Kubelet:
             await certificates.rotate(api.client, self.config.cert_dir, self.name)
             await api.reload()
 
-        await certificates.keep_renewed(self.config.cert_dir, certificates.CLIENT, renew, "Client certificate")
+        await certificates.keep_renewed(self.config.cert_dir, certificates.CLIENT, renew, "Client certificate",
+                                        self.metrics.client_certificate)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
@@ -106,7 +111,8 @@ class Kubelet:
         server = await healthz.serve(self.config.healthz_bind_address, self.config.healthz_port, self.healthy)
         tasks: list[asyncio.Task] = []
         api: Api | None = None
-        runtime = CRIClient(self.config.container_runtime_endpoint, timeout=self.config.runtime_request_timeout)
+        runtime = CRIClient(self.config.container_runtime_endpoint, timeout=self.config.runtime_request_timeout,
+                            observer=self.metrics.runtime_operation)
         main = asyncio.create_task(self._start(runtime, tasks), name="start")
         try:
             stopped = asyncio.create_task(stop.wait())
@@ -144,12 +150,15 @@ class Kubelet:
             parse_quantity=parse_quantity)
         manager = RuntimeManager(cri=runtime, volumes=VolumeManager(api, self.config.root_dir), events=events,
                                  config=self.config, node_name=self.name, node_ip=self.ip,
-                                 node_allocatable=allocatable, node_memory=node.info.memory, get_object=get_object)
+                                 node_allocatable=allocatable, node_memory=node.info.memory, get_object=get_object,
+                                 metrics=self.metrics)
         workers: PodWorkers | None = None
-        pleg = Pleg(runtime, lambda uid: workers.wake(uid) if workers else None)
+        pleg = Pleg(runtime, lambda uid: workers.wake(uid) if workers else None, metrics=self.metrics)
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
-                             probe_manager=self._probe_manager(runtime, events))
+                             probe_manager=self._probe_manager(runtime, events), metrics=self.metrics)
         self.workers = workers
+        self.metrics.watch(runtime_pods=lambda: list(pleg.pods.items()), last_relist=lambda: pleg.last_relist,
+                           workers=lambda: list(workers.workers.values()))
         source = ListWatch(lambda: api.http, "/api/v1/pods", kind="Pod",
                            params={"fieldSelector": f"spec.nodeName={self.name}"},
                            replace=workers.replace, update=workers.update, remove=workers.remove)
@@ -176,13 +185,12 @@ class Kubelet:
                 asyncio.create_task(static.run(), name="static-pods"),
                 asyncio.create_task(orphans(), name="orphan-cleanup")]
 
-    @staticmethod
-    def _probe_manager(runtime: CRIClient, events: Recorder):
-        return lambda worker: PodProbes(worker, runtime, events)
+    def _probe_manager(self, runtime: CRIClient, events: Recorder):
+        return lambda worker: PodProbes(worker, runtime, events, self.metrics)
 
     async def _start(self, runtime: CRIClient, tasks: list[asyncio.Task]) -> Api:
         await self._credentials()
-        api = Api(self.config.kubeconfig)
+        api = Api(self.config.kubeconfig, observe=self.metrics.rest_request)
         self.node = NodeManager(self.config, api, runtime, self.name, self.ip)
         if self.config.register_node:
             await self.node.register()

@@ -62,8 +62,9 @@ def grace_period(pod: dict) -> int:
 
 class RuntimeManager:
     def __init__(self, *, cri: CRIClient, volumes: VolumeManager, events: Recorder, config, node_name: str,
-                 node_ip: str, node_allocatable: dict[str, str], node_memory: int, get_object):
+                 node_ip: str, node_allocatable: dict[str, str], node_memory: int, get_object, metrics=None):
         self.cri = cri
+        self.metrics = metrics  # KubeletMetrics: pods and containers started, image pull time
         self.volumes = volumes
         self.events = events
         self.config = config
@@ -106,16 +107,22 @@ class RuntimeManager:
         try:
             ref = (await self.cri.pull_image(api.PullImageRequest(image=spec))).image_ref
         except CRIError as err:
+            self._pulled(pod, started)
             self.image_backoff.failed(key)
             message = f'Failed to pull image "{image}": {err.details}'
             self.events.record(pod, WARNING, "Failed", message, container=name)
             self.events.record(pod, WARNING, "Failed", "Error: ErrImagePull", container=name)
             raise ContainerProblem("ErrImagePull", message) from err
+        self._pulled(pod, started)
         self.image_backoff.reset(key)
         self.events.record(pod, NORMAL, "Pulled", f'Successfully pulled image "{image}" in '
                            f"{time.monotonic() - started:.3f}s", container=name)
         pulled = (await self.cri.image_status(api.ImageStatusRequest(image=spec))).image
         return ref, pulled.username or (str(pulled.uid.value) if pulled.HasField("uid") else None)
+
+    def _pulled(self, pod: dict, started: float) -> None:
+        if self.metrics is not None:
+            self.metrics.pod_startup.image_pulled(pod["metadata"]["uid"], time.monotonic() - started)
 
     # ------------------------------------------------------------------ sandbox
 
@@ -147,6 +154,17 @@ class RuntimeManager:
         return config
 
     async def create_sandbox(self, pod: dict, rt: PodRuntime) -> tuple[str, api.PodSandboxConfig]:
+        """A new sandbox; kubelet_started_pods_total and _errors_total count the attempts, as upstream."""
+        if self.metrics is not None:
+            self.metrics.started_pods.inc()
+        try:
+            return await self._create_sandbox(pod, rt)
+        except (ContainerProblem, CRIError):
+            if self.metrics is not None:
+                self.metrics.started_pods_errors.inc()
+            raise
+
+    async def _create_sandbox(self, pod: dict, rt: PodRuntime) -> tuple[str, api.PodSandboxConfig]:
         attempt = rt.sandbox.attempt + 1 if rt.sandbox else 0
         config = self._sandbox_config(pod, attempt, report=True)
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
@@ -329,8 +347,12 @@ class RuntimeManager:
         return policy == "Always" or (policy == "OnFailure" and record.exit_code != 0)
 
     async def _start(self, pod, container, rt, sandbox_id, sandbox_config, pod_ips, volumes, facts: Facts,
-                     previous: Container | None) -> float | None:
-        """Start (or restart) one container unless its back-off says wait; returns seconds to wait, if any."""
+                     previous: Container | None, container_type: str = "container") -> float | None:
+        """Start (or restart) one container unless its back-off says wait; returns seconds to wait, if any.
+
+        `container_type` (container, init_container) labels kubelet_started_containers_total and its errors,
+        which count the attempts that got past the crash back-off, as upstream.
+        """
         name = container["name"]
         key = (pod["metadata"]["uid"], name)
         if previous is not None:
@@ -347,9 +369,13 @@ class RuntimeManager:
                 return wait
             self.crash_backoff.failed(key, at=previous.finished_at / 1e9 if previous.finished_at else None)
         attempt = previous.attempt + 1 if previous is not None else 0
+        if self.metrics is not None:
+            self.metrics.started_containers.labels(container_type).inc()
         try:
             await self.start_container(pod, container, sandbox_id, sandbox_config, pod_ips, attempt, volumes)
         except ContainerProblem as problem:
+            if self.metrics is not None:
+                self.metrics.started_containers_errors.labels(container_type, problem.reason).inc()
             facts.waiting[name] = (problem.reason, problem.message)
             if problem.reason in ("ErrImagePull", "ImagePullBackOff"):
                 return self.image_backoff.remaining((pod["metadata"]["uid"], container.get("image", ""))) or 1
@@ -409,7 +435,7 @@ class RuntimeManager:
                 if not sidecar and spec.get("restartPolicy", "Always") == "Never":
                     return None  # the pod has failed
             wait = await self._start(pod, container, in_sandbox, sandbox.id, sandbox_config, pod_ips, volumes,
-                                     facts, latest)
+                                     facts, latest, "init_container")
             if sidecar and wait is None:
                 continue
             return wait

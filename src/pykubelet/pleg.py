@@ -22,9 +22,10 @@ RELIST_PERIOD = 1.0
 
 
 class Pleg:
-    def __init__(self, runtime: CRIClient, on_change: Callable[[str], None]):
+    def __init__(self, runtime: CRIClient, on_change: Callable[[str], None], metrics=None):
         self.runtime = runtime
         self.on_change = on_change
+        self.metrics = metrics  # KubeletMetrics: relist durations and intervals
         self.pods: dict[str, PodRuntime] = {}
         self._containers: dict[str, Container] = {}
         self._sandboxes: dict[str, Sandbox] = {}
@@ -56,6 +57,14 @@ class Pleg:
     async def relist(self) -> set[str]:
         """Refresh the view of the runtime; returns the pod uids whose containers or sandboxes changed."""
         started = time.monotonic()
+        interval = started - self.last_relist if self.last_relist else None
+        try:
+            return await self._relist(started)
+        finally:
+            if self.metrics is not None:
+                self.metrics.pleg_relisted(time.monotonic() - started, interval)
+
+    async def _relist(self, started: float) -> set[str]:
         sandboxes = (await self.runtime.list_pod_sandbox()).items
         containers = (await self.runtime.list_containers()).containers
         changed: set[str] = set()

@@ -25,6 +25,9 @@ from .statusmanager import StatusManager
 log = logs.get(__name__)
 
 RESYNC = 60.0
+# What a step is for, in kubelet_pod_worker_duration_seconds' operation_type (upstream's SyncPodType): a wake
+# of a higher rank decides the label of a step that several wakes asked for.
+_RANK = {"sync": 0, "update": 1, "kill": 2, "create": 3}
 
 
 class PodWorker:
@@ -40,9 +43,17 @@ class PodWorker:
         self.task = asyncio.create_task(self.run(), name=f"pod-{pod_ref(pod)}")
         self.terminal_status: dict | None = None
         self.last_step = 0.0  # monotonic end of the last step: the next one needs a newer runtime view
+        self.first_seen = time.monotonic()
+        self.start_observed = False  # kubelet_pod_start_duration_seconds has its sample
+        self.pending: tuple[str, float] | None = ("create", self.first_seen)  # (operation, since) of the next step
         self.probes = owner.probe_manager(self) if owner.probe_manager else None
 
-    def wake(self) -> None:
+    def wake(self, operation: str = "sync") -> None:
+        """Run a step soon; `operation` (sync, update, kill) is why, for the pod worker duration metric."""
+        if self.pending is None:
+            self.pending = (operation, time.monotonic())
+        elif _RANK[operation] > _RANK[self.pending[0]]:
+            self.pending = (operation, self.pending[1])
         self.wake_event.set()
 
     def api_view(self) -> dict | None:
@@ -68,6 +79,8 @@ class PodWorker:
             except asyncio.TimeoutError:
                 pass
             self.wake_event.clear()
+            operation, since = self.pending or ("sync", time.monotonic())
+            self.pending = None
             try:
                 await self.owner.pleg.wait_newer(self.last_step)
                 done, delay = await self.step()
@@ -78,6 +91,9 @@ class PodWorker:
                 log.error("Pod sync failed", pod=pod_ref(self.pod), err=repr(err))
                 done, delay = False, 10.0
             self.last_step = time.monotonic()
+            if self.owner.metrics is not None:
+                self.owner.metrics.pod_worker_duration.labels("terminated" if done else operation).observe(
+                    self.last_step - since)
             if done:
                 if self.probes:
                     self.probes.stop()
@@ -129,6 +145,7 @@ class PodWorker:
         if self.probes:
             self.probes.update(pod, owner.pleg.pod(self.uid))
         status = podstatus.compute(self.with_api_status(), owner.pleg.pod(self.uid), self.facts)
+        self._observe_start(status)
         if status["phase"] in ("Succeeded", "Failed") and not owner.pleg.pod(self.uid).running:
             self.terminal_status = status
             if any(s.state == api.SANDBOX_READY for s in rt.sandboxes):
@@ -139,6 +156,17 @@ class PodWorker:
             delay = left if delay is None else min(delay, left)
         return False, delay
 
+    def _observe_start(self, status: dict) -> None:
+        """kubelet_pod_start_duration_seconds: first seen → the first status that moves the pod to Running.
+
+        A pod the API already shows Running (say, after a kubelet restart) gives no sample.
+        """
+        if self.start_observed or self.owner.metrics is None or status["phase"] != "Running":
+            return
+        self.start_observed = True
+        if (self.with_api_status().get("status") or {}).get("phase") in (None, "Pending"):
+            self.owner.metrics.pod_start_duration.observe(time.monotonic() - self.first_seen)
+
     def _terminal_phase(self, status: dict) -> str:
         if status["phase"] in ("Succeeded", "Failed"):
             return status["phase"]
@@ -148,8 +176,9 @@ class PodWorker:
 
 class PodWorkers:
     def __init__(self, *, runtime: RuntimeManager, pleg: Pleg, status: StatusManager, events: Recorder,
-                 node_ip: str, probe_manager=None):
+                 node_ip: str, probe_manager=None, metrics=None):
         self.runtime = runtime
+        self.metrics = metrics  # KubeletMetrics, or None
         self.pleg = pleg
         self.status = status
         self.events = events
@@ -171,7 +200,7 @@ class PodWorkers:
         for uid, worker in list(self.workers.items()):
             if uid not in uids and not worker.static:
                 worker.removed = True
-                worker.wake()
+                worker.wake("kill")
         for pod in pods:
             self.update(pod)
 
@@ -185,7 +214,7 @@ class PodWorkers:
         worker = self.workers.get(pod["metadata"]["uid"])
         if worker is not None:
             worker.removed = True
-            worker.wake()
+            worker.wake("kill")
 
     def update(self, pod: dict) -> None:
         if is_mirror(pod):
@@ -205,13 +234,15 @@ class PodWorkers:
             self.known_uids.add(uid)
             return  # finished before we started: nothing to run
         self.known_uids.add(uid)
+        if self.metrics is not None:
+            self.metrics.pod_startup.observed_on_watch(pod)
         worker = self.workers.get(uid)
         if worker is None:
             log.info("Pod added", pod=pod_ref(pod), uid=uid)
             self.workers[uid] = PodWorker(self, pod)
         else:
             worker.pod = pod
-            worker.wake()
+            worker.wake("update")
 
     def remove(self, pod: dict) -> None:
         if is_mirror(pod):  # deleted by someone: the static pod's worker makes a new one
@@ -223,7 +254,7 @@ class PodWorkers:
         if worker is not None:
             worker.pod = pod
             worker.removed = True
-            worker.wake()
+            worker.wake("kill")
 
     # --- from the PLEG and probes
     def wake(self, uid: str) -> None:
@@ -238,6 +269,8 @@ class PodWorkers:
 
     def finished(self, uid: str) -> None:
         self.workers.pop(uid, None)
+        if self.metrics is not None:
+            self.metrics.pod_startup.forget(uid)
 
     async def cleanup_orphans(self) -> None:
         """Kill and remove what the runtime runs for pods the API no longer has (after a restart, say)."""

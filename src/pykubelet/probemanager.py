@@ -24,24 +24,28 @@ KINDS = (("startupProbe", "startup"), ("livenessProbe", "liveness"), ("readiness
 
 class _ContainerProbes:
     def __init__(self, container_id: str, workers: list[ProbeWorker], tasks: list[asyncio.Task],
-                 started: asyncio.Event):
+                 started: asyncio.Event, on_stop=None):
         self.container_id = container_id
         self.workers = workers
         self.tasks = tasks
         self.started = started
+        self.on_stop = on_stop
 
     def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
+        if self.on_stop is not None:
+            self.on_stop()
 
 
 class PodProbes:
     """The probe workers of one pod; owned by its pod worker."""
 
-    def __init__(self, worker, cri: CRIClient, events: Recorder):
+    def __init__(self, worker, cri: CRIClient, events: Recorder, metrics=None):
         self.worker = worker  # the PodWorker: .pod, .facts, .unhealthy, .wake()
         self.cri = cri
         self.events = events
+        self.metrics = metrics  # KubeletMetrics: prober_probe_total, prober_probe_duration_seconds
         self.containers: dict[str, _ContainerProbes] = {}
 
     def _exec_fn(self, container_id: str):
@@ -86,17 +90,37 @@ class PodProbes:
                     continue
                 worker = ProbeWorker(kind, probe, container=container, pod_ip=self._pod_ip(rt),
                                      exec_fn=self._exec_fn(record.id), on_result=self._on_result(name, started),
-                                     started=started, clock=time.time, on_outcome=self._on_outcome(name))
+                                     started=started, clock=time.time, on_outcome=self._on_outcome(name),
+                                     on_probed=self._on_probed(name))
                 workers.append(worker)
                 tasks.append(asyncio.create_task(worker.run(record.started_at / 1e9 if record.started_at else 0),
                                                  name=f"probe-{kind}-{name}"))
-            self.containers[name] = _ContainerProbes(record.id, workers, tasks, started)
+            self.containers[name] = _ContainerProbes(record.id, workers, tasks, started,
+                                                     self._forget_series(name, [w.kind for w in workers]))
 
     def _pod_ip(self, rt: PodRuntime):
         def current() -> str:
             sandbox = self.worker.owner.pleg.pod(self.worker.uid).sandbox
             return sandbox.ip if sandbox and sandbox.ip else self.worker.owner.node_ip
         return current
+
+    def _on_probed(self, name: str):
+        """prober_probe_total and _duration_seconds: successes and failures (a probe that could not run at
+        all is thrown away, as upstream does with a probe that errored)."""
+        def probed(kind: str, outcome, seconds: float) -> None:
+            if self.metrics is not None and outcome.result is not Result.UNKNOWN:
+                result = "successful" if outcome.result is Result.SUCCESS else "failed"
+                self.metrics.probed(kind, result, seconds, self.worker.pod, name)
+        return probed
+
+    def _forget_series(self, name: str, kinds: list[str]):
+        pod = self.worker.pod
+
+        def forget() -> None:
+            if self.metrics is not None:
+                for kind in kinds:
+                    self.metrics.probe_stopped(kind, pod, name)
+        return forget
 
     def _on_outcome(self, name: str):
         """Every failed probe is an Unhealthy Event (repeats are counted), as upstream records them."""

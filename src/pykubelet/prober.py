@@ -446,12 +446,14 @@ class ProbeWorker:
     def __init__(self, kind: str, probe: dict, *, container: dict, pod_ip: Callable[[], str], exec_fn: ExecFn,
                  on_result: Callable[[str, Result, ProbeOutcome], Awaitable[None] | None],
                  started: asyncio.Event | None = None, clock: Callable[[], float] = time.monotonic,
-                 on_outcome: Callable[[str, ProbeOutcome], None] | None = None):
+                 on_outcome: Callable[[str, ProbeOutcome], None] | None = None,
+                 on_probed: Callable[[str, ProbeOutcome, float], None] | None = None):
         if kind not in _INITIAL:
             raise ValueError(f"unknown probe kind {kind!r}")
         self.kind, self.probe, self.container = kind, probe, container
         self._pod_ip, self._exec_fn, self._on_result, self._clock = pod_ip, exec_fn, on_result, clock
         self._on_outcome = on_outcome  # every finished probe (for Unhealthy events), not just result changes
+        self._on_probed = on_probed  # every probe run, UNKNOWN too, with its seconds (for the prober metrics)
         self._started = started if kind != "startup" else None
         self.initial_delay = float(probe.get("initialDelaySeconds") or 0)
         self.period = float(probe.get("periodSeconds") or 10)
@@ -498,6 +500,8 @@ class ProbeWorker:
             began, generation = loop.time(), self._generation
             outcome = await self._probe_once()
             if generation == self._generation:
+                if self._on_probed is not None:
+                    self._on_probed(self.kind, outcome, loop.time() - began)
                 await self._record(outcome)
             await _wait(self._wake, self.period - (loop.time() - began))
 

@@ -23,7 +23,9 @@ class KubeletServer:
         self.host = host
         self.config = host.config
         self.api = api
-        self.certificate = tls.ServingCertificate(self.config, node_name, ips)
+        metrics = getattr(host, "metrics", None)
+        self.certificate = tls.ServingCertificate(self.config, node_name, ips,
+                                                  metrics.serving_certificate if metrics is not None else None)
         self.authenticator = auth.Authenticator(self.config.authentication, lambda: api.http)
         self.authorizer = auth.Authorizer(self.config.authorization, node_name, lambda: api.http)
         self.runners: list[web.AppRunner] = []

@@ -3,7 +3,7 @@
 `host` is what the server reads from the kubelet: ``find_pod(namespace, name)`` gives
 (pod, API view) or None, ``runtime(uid)`` the PLEG's PodRuntime, ``pods()`` the pods it
 runs as the API shows them, ``cri`` the runtime client, ``healthy()``, ``config`` and
-``registry`` (prometheus_client) for /metrics.
+``registry`` and ``probes_registry`` (prometheus_client) for /metrics and /metrics/probes.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import json
 import shlex
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from cri import CRIError, api
+from nodeagent.metrics import exposition
 
 from . import auth, streaming
 from .containerlogs import container_logs
@@ -98,7 +99,10 @@ def build(host, authenticator: auth.Authenticator | None, authorizer: auth.Autho
         return _json({"kubeletconfig": host.config.effective})
 
     async def metrics(request):
-        return web.Response(body=generate_latest(host.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(body=exposition(host.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def probe_metrics(request):
+        return web.Response(body=exposition(host.probes_registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def logs(request):
         return await container_logs(request, host)
@@ -160,7 +164,7 @@ def build(host, authenticator: auth.Authenticator | None, authorizer: auth.Autho
 
     app = web.Application(middlewares=[] if read_only else [authenticate])
     read = [web.get("/healthz", healthz), web.get("/pods", pods), web.get("/pods/", pods),
-            web.get("/metrics", metrics)]
+            web.get("/metrics", metrics), web.get("/metrics/probes", probe_metrics)]
     app.add_routes(read)
     if read_only:
         return app

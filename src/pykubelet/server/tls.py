@@ -98,8 +98,9 @@ def context(config: KubeletConfig, cert_file: Path, key_file: Path) -> ssl.SSLCo
 class ServingCertificate:
     """Where the serving certificate comes from, and (with serverTLSBootstrap) keeping it fresh."""
 
-    def __init__(self, config: KubeletConfig, node_name: str, ips: list[str]):
+    def __init__(self, config: KubeletConfig, node_name: str, ips: list[str], metrics=None):
         self.config = config
+        self.metrics = metrics  # metrics.CertificateMetrics of the bootstrapped serving certificate, or None
         self.node_name = node_name
         self.hostname = config.hostname_override or socket.gethostname().lower()
         self.ips = ips
@@ -122,8 +123,10 @@ class ServingCertificate:
         """The first serving certificate by CSR, waiting for approval (apiserver errors and denials are
         logged and retried with back-off)."""
         if self.current() is None:
-            await retry.until_done(lambda: self._request(client), log,
+            await retry.until_done(certificates.counted(lambda: self._request(client), self.metrics), log,
                                    "Serving certificate request failed; retrying")
+        if self.metrics is not None and self.bootstrap:
+            self.metrics.current(certificates.load_current(self.config.cert_dir, certificates.SERVER))
         return self.current()
 
     async def _request(self, client) -> None:
@@ -142,6 +145,7 @@ class ServingCertificate:
             self.renewed.set()
 
         while True:
-            await certificates.keep_renewed(self.config.cert_dir, certificates.SERVER, renew, "Serving certificate")
+            await certificates.keep_renewed(self.config.cert_dir, certificates.SERVER, renew, "Serving certificate",
+                                            self.metrics)
             await self.obtain(api.client)  # the files were removed under us: request a new one
             self.renewed.set()
