@@ -163,3 +163,45 @@ def test_a_token_without_nodes_proxy_is_403_and_with_it_200(cluster, node, names
     finally:
         kubectl(cluster, "delete", "clusterrolebinding", role)
         kubectl(cluster, "delete", "clusterrole", role)
+
+
+def _scrape(cluster, node, path):
+    """{(sample name, frozenset of labels): value} of a kubelet metrics path, through the apiserver proxy."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = kubectl(cluster, "get", "--raw", f"/api/v1/nodes/{node.name}/proxy{path}")
+    assert out.returncode == 0, out.stderr
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(out.stdout) for s in family.samples}, out.stdout
+
+
+def _total(samples, name, **labels):
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
+
+
+def test_metrics_and_probe_metrics_count_what_the_kubelet_did(admin, cluster, node, namespace):
+    # localcluster/sample.py's Deployment has a readiness probe too, but its replicas may run on another
+    # node; this pod, on the node under test, makes the probe and the pod start certain.
+    admin.create(make_pod(node, namespace, "probed", [container(readinessProbe={
+        "exec": {"command": ["true"]}, "periodSeconds": 1})]))
+    wait_pod(admin, namespace, "probed", lambda p: any(
+        c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])), what="Ready")
+
+    samples, text = _scrape(cluster, node, "/metrics")
+    assert _total(samples, "kubelet_runtime_operations_total", operation_type="list_containers") > 0, text[:2000]
+    assert _total(samples, "kubelet_pleg_relist_duration_seconds_count") > 0
+    assert _total(samples, "kubelet_started_pods_total") > 0
+    assert _total(samples, "kubelet_node_name", node=node.name) == 1
+    assert _total(samples, "rest_client_requests_total", code="200") > 0
+    assert "# HELP kubelet_runtime_operations_total [ALPHA] Cumulative number of runtime operations by " \
+           "operation type." in text
+
+    labels = dict(namespace=namespace, pod="probed", container="main", probe_type="Readiness", result="successful")
+    deadline = time.monotonic() + 30
+    while True:
+        samples, text = _scrape(cluster, node, "/metrics/probes")
+        if _total(samples, "prober_probe_total", **labels) > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert _total(samples, "prober_probe_total", **labels) > 0, text[:2000]
+    assert _total(samples, "prober_probe_duration_seconds_count", namespace=namespace, pod="probed") > 0
