@@ -362,4 +362,5 @@ class CRIClient:
         return await self._image_call("ImageFsInfo", request or api.ImageFsInfoRequest(), timeout)
 
 
-__all__ = ["CRIClient", "CRIError", "Endpoint", "OPERATIONS", "Observer", "DEFAULT_TIMEOUT", "DEFAULT_PULL_TIMEOUT", "KUBELET_API_VERSION"]
+__all__ = ["CRIClient", "CRIError", "Endpoint", "OPERATIONS", "Observer", "DEFAULT_TIMEOUT", "DEFAULT_PULL_TIMEOUT",
+           "KUBELET_API_VERSION"]
