@@ -25,7 +25,8 @@ log = logs.get(__name__)
 _FORWARD = ("Connection", "Upgrade", "X-Stream-Protocol-Version", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
             "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions", "Origin")
 _HOP_BY_HOP = {"content-length", "transfer-encoding", "date", "server", "keep-alive"}
-_CHUNK = 64 * 1024
+_CHUNK = 256 * 1024
+_LINGER = 5  # seconds the runtime may go on writing after the client left
 _HIGH_WATER = 1 * 2**20
 
 
@@ -117,33 +118,41 @@ async def proxy(request: web.Request, url: str) -> web.StreamResponse:
 
 
 async def _copy_to_client(reader: asyncio.StreamReader, request: web.Request, pipe: _Pipe) -> None:
+    """Runtime → client until the runtime ends; once the client is gone, until the runtime has been
+    quiet for _LINGER seconds. One plain read per chunk (no task or wait per chunk: this is the
+    port-forward throughput)."""
     transport = request.transport
-    closed = asyncio.ensure_future(pipe.closed.wait())
+    loop = asyncio.get_running_loop()
+    me = asyncio.current_task()
+    last = loop.time()
+    ended = False
+
+    async def end_once_quiet() -> None:
+        nonlocal ended
+        await pipe.closed.wait()
+        while (quiet := loop.time() - last) < _LINGER:
+            await asyncio.sleep(_LINGER - quiet)
+        ended = True
+        me.cancel()
+
+    watcher = asyncio.ensure_future(end_once_quiet())
     try:
         while transport is not None and not transport.is_closing():
-            read = asyncio.ensure_future(reader.read(_CHUNK))
-            done, _ = await asyncio.wait({read, closed}, return_when=asyncio.FIRST_COMPLETED)
-            if read not in done:
-                read.cancel()
-                # The client is gone or half-closed: give the runtime a moment to finish, then end.
-                try:
-                    data = await asyncio.wait_for(reader.read(_CHUNK), 5)
-                except (asyncio.TimeoutError, ConnectionError):
-                    return
-                if not data:
-                    return
-                transport.write(data)
-                continue
-            data = read.result()
+            data = await reader.read(_CHUNK)
             if not data:
                 return
+            last = loop.time()
             transport.write(data)
             if transport.get_write_buffer_size() > _HIGH_WATER:
                 await request.protocol._drain_helper()  # noqa: SLF001 - aiohttp's flow control for raw writes
     except ConnectionError:
         return
+    except asyncio.CancelledError:
+        if not ended:
+            raise
+        me.uncancel()
     finally:
-        closed.cancel()
+        watcher.cancel()
 
 
 async def _read_head(reader: asyncio.StreamReader) -> tuple[int, list[tuple[str, str]]]:
