@@ -135,20 +135,15 @@ def manifests(image: str) -> list[dict]:
     ]
 
 
-def _kubectl(cluster: Cluster, *argv: str, stdin: str | None = None, timeout: float = 120):
-    return subprocess.run([str(cluster.bin / "kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}", *argv],
-                          input=stdin, capture_output=True, text=True, timeout=timeout)
-
-
 def apply(cluster: Cluster, image: str) -> None:
-    applied = _kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(image), sort_keys=False))
+    applied = procs.kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(image), sort_keys=False))
     if applied.returncode != 0:
         raise UpError(f"metrics-server: kubectl apply failed: {applied.stderr.strip()}")
 
 
 def available(cluster: Cluster) -> tuple[bool, str]:
     """Whether the apiserver reports the APIService Available, and its condition's reason and message."""
-    got = _kubectl(cluster, "get", "apiservice", APISERVICE, "-o", "json", timeout=30)
+    got = procs.kubectl(cluster, "get", "apiservice", APISERVICE, "-o", "json", timeout=30)
     if got.returncode != 0:
         return False, got.stderr.strip()
     conditions = (json.loads(got.stdout).get("status") or {}).get("conditions") or []
@@ -159,8 +154,8 @@ def available(cluster: Cluster) -> tuple[bool, str]:
 def diagnostics(cluster: Cluster) -> str:
     """The fixture's pods and the last lines metrics-server logged, for an error message."""
     selector = ",".join(f"{k}={v}" for k, v in LABELS.items())
-    pods = _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-l", selector, "-o", "wide", timeout=30)
-    logs = _kubectl(cluster, "-n", NAMESPACE, "logs", f"deployment/{NAME}", "--tail=30", timeout=30)
+    pods = procs.kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-l", selector, "-o", "wide", timeout=30)
+    logs = procs.kubectl(cluster, "-n", NAMESPACE, "logs", f"deployment/{NAME}", "--tail=30", timeout=30)
     return f"{pods.stdout}{pods.stderr}\nlogs:\n{logs.stdout}{logs.stderr}"
 
 
@@ -209,14 +204,14 @@ def remove(cluster: Cluster, timeout: float = 90, keep_image: bool = False) -> N
     the binary stay in the cache)."""
     name = images.metrics_server_name(cluster)
     docs = yaml.safe_dump_all(list(reversed(manifests(name))), sort_keys=False)
-    deleted = _kubectl(cluster, "delete", "--ignore-not-found", "--cascade=foreground", "--wait=true",
-                       f"--timeout={timeout:.0f}s",
-                       "-f", "-", stdin=docs, timeout=timeout + 30)
+    deleted = procs.kubectl(cluster, "delete", "--ignore-not-found", "--cascade=foreground", "--wait=true",
+                            f"--timeout={timeout:.0f}s",
+                            "-f", "-", stdin=docs, timeout=timeout + 30)
     if deleted.returncode != 0:
         raise UpError(f"metrics-server: kubectl delete failed: {deleted.stderr.strip()}")
     selector = ",".join(f"{k}={v}" for k, v in LABELS.items())
-    gone = _kubectl(cluster, "-n", NAMESPACE, "wait", "--for=delete", "pod", "-l", selector,
-                    f"--timeout={timeout:.0f}s", timeout=timeout + 30)
+    gone = procs.kubectl(cluster, "-n", NAMESPACE, "wait", "--for=delete", "pod", "-l", selector,
+                         f"--timeout={timeout:.0f}s", timeout=timeout + 30)
     if gone.returncode != 0 and "no matching resources" not in gone.stderr:
         raise UpError(f"metrics-server: its pods did not go away: {gone.stderr.strip()}")
     if not keep_image:

@@ -197,3 +197,9 @@ def kill_and_wait(pids: list[int], grace: float) -> None:
             if not pids:
                 return
             time.sleep(0.05)
+
+
+def kubectl(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 120):
+    """The pinned kubectl as the cluster admin; its CompletedProcess (text), never raising on a non-zero exit."""
+    return subprocess.run([str(cluster.bin / "kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}", *args],
+                          input=stdin, capture_output=True, text=True, timeout=timeout)

@@ -7,7 +7,6 @@ scheduler, run by pykubelet, reached through pyproxy's rules.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import urllib.request
 
@@ -41,22 +40,17 @@ def manifests(image: str) -> list[dict]:
     ]
 
 
-def _kubectl(cluster: Cluster, *args: str, stdin: str | None = None, timeout: float = 120):
-    return subprocess.run([str(cluster.bin / "kubectl"), f"--kubeconfig={cluster.admin_kubeconfig}", *args],
-                          input=stdin, capture_output=True, text=True, timeout=timeout)
-
-
 def run(cluster: Cluster, image: str) -> str:
     """Apply the sample and wait until it is available; returns `kubectl get pods -o wide` for it."""
-    applied = _kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(image)))
+    applied = procs.kubectl(cluster, "apply", "-f", "-", stdin=yaml.safe_dump_all(manifests(image)))
     if applied.returncode != 0:
         raise UpError(f"sample workload: kubectl apply failed: {applied.stderr.strip()}")
-    rolled = _kubectl(cluster, "-n", NAMESPACE, "rollout", "status", "deployment/hello", "--timeout=120s",
-                      timeout=150)
+    rolled = procs.kubectl(cluster, "-n", NAMESPACE, "rollout", "status", "deployment/hello", "--timeout=120s",
+                           timeout=150)
     if rolled.returncode != 0:
-        pods = _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
+        pods = procs.kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
         raise UpError(f"sample workload did not become available: {rolled.stderr.strip()}\n{pods}")
-    return _kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
+    return procs.kubectl(cluster, "-n", NAMESPACE, "get", "pods", "-o", "wide").stdout
 
 
 def through_service(node, timeout: float = 60) -> str:
@@ -71,6 +65,6 @@ def through_service(node, timeout: float = 60) -> str:
         except OSError as err:
             error = err
             time.sleep(0.5)
-    slices = _kubectl(node.cluster, "-n", NAMESPACE, "get", "endpointslices", "-o", "wide").stdout.strip()
+    slices = procs.kubectl(node.cluster, "-n", NAMESPACE, "get", "endpointslices", "-o", "wide").stdout.strip()
     raise UpError(f"sample Service did not answer on {node.ip}:{NODE_PORT} within {timeout:.0f}s: {error}\n"
                   f"its EndpointSlices:\n{slices}\n{procs.excerpt(node.cluster, f'pyproxy-{node.name}')}")
