@@ -15,7 +15,7 @@ from cri import CRIClient
 from nodeagent import logs, systemd
 from nodeagent.listwatch import ListWatch
 
-from . import certificates, healthz, metrics, nodestatus
+from . import certificates, healthz, metrics, nodestatus, qos
 from .apiclient import Api
 from .config import KubeletConfig, parse_quantity
 from .events import Recorder
@@ -23,9 +23,11 @@ from .kuberuntime import RuntimeManager
 from .node import NodeManager
 from .nodelease import NodeLease
 from .pleg import Pleg
+from .podstate import POD_NAME, POD_NAMESPACE
 from .probemanager import PodProbes
 from .podworkers import PodWorkers
 from .server import KubeletServer
+from .stats import PodRef, SummaryProvider
 from .staticpods import StaticPods
 from .statusmanager import StatusManager
 from .volumes import VolumeManager
@@ -45,6 +47,29 @@ class ServerHost:
         self.workers, self.pleg, self.cri = workers, pleg, runtime
         self.metrics = kubelet.metrics
         self.registry, self.probes_registry = kubelet.metrics.registry, kubelet.metrics.probes_registry
+        self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=kubelet.name,
+                                     root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,
+                                     memory_capacity=kubelet.node.info.memory)
+
+    def _stats_pods(self) -> list[tuple[PodRef, object]]:
+        """The pods the runtime holds, named from the kubelet's pod (or, for one it no longer has, the labels)."""
+        found = []
+        for uid, rt in list(self.pleg.pods.items()):
+            worker = self.workers.workers.get(uid)
+            if worker is not None:
+                meta = worker.pod["metadata"]
+                spec = worker.pod.get("spec") or {}
+                images = tuple((c.get("name", ""), c.get("image", ""))
+                               for key in ("initContainers", "containers") for c in spec.get(key) or [])
+                ref = PodRef(meta.get("name", ""), meta.get("namespace", ""), uid,
+                             qos.pod_cgroup_parent(self.config.cgroup_root, worker.pod), images)
+            elif rt.containers:
+                labels = rt.containers[0].labels
+                ref = PodRef(labels.get(POD_NAME, ""), labels.get(POD_NAMESPACE, ""), uid)
+            else:
+                continue
+            found.append((ref, rt))
+        return found
 
     def find_pod(self, namespace: str, name: str) -> tuple[dict, dict | None] | None:
         for worker in list(self.workers.workers.values()):

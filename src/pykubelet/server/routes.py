@@ -3,24 +3,30 @@
 `host` is what the server reads from the kubelet: ``find_pod(namespace, name)`` gives
 (pod, API view) or None, ``runtime(uid)`` the PLEG's PodRuntime, ``pods()`` the pods it
 runs as the API shows them, ``cri`` the runtime client, ``healthy()``, ``config`` and
-``registry`` and ``probes_registry`` (prometheus_client) for /metrics and /metrics/probes.
+``registry`` and ``probes_registry`` (prometheus_client) for /metrics and /metrics/probes, ``stats``
+(a stats.SummaryProvider) for /stats/summary, /metrics/resource and /metrics/cadvisor.
 """
 
 from __future__ import annotations
 
 import json
 import shlex
+import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from cri import CRIError, api
+from nodeagent import logs
 from nodeagent.metrics import exposition
 
+from .. import stats
 from . import auth, streaming
 from .containerlogs import container_logs
 
 _TRUE = {"1", "true", "True"}
+
+log = logs.get(__name__)
 
 
 def _json(body) -> web.Response:
@@ -107,6 +113,23 @@ def build(host, authenticator: auth.Authenticator | None, authorizer: auth.Autho
     async def logs(request):
         return await container_logs(request, host)
 
+    async def summary(request):
+        only = request.query.get("only_cpu_and_memory", "").lower() == "true"
+        return _json(stats.as_api(await host.stats.summary(only_cpu_and_memory=only)))
+
+    async def resource_metrics(request):
+        try:
+            got = await host.stats.summary(only_cpu_and_memory=True)
+        except Exception as err:  # the error gauges say so; the scraper keeps its series
+            log.error("Error getting summary for resourceMetric prometheus endpoint", err=str(err))
+            got = None
+        return web.Response(body=stats.resource_metrics(got), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def cadvisor_metrics(request):
+        got = await host.stats.summary()
+        return web.Response(body=stats.cadvisor_metrics(got, time.time_ns()),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
     async def _container_stream(request, make_request, call):
         """exec and attach: a CRI request for the running container, then the upgrade proxy to its URL."""
         info = request.match_info
@@ -164,7 +187,9 @@ def build(host, authenticator: auth.Authenticator | None, authorizer: auth.Autho
 
     app = web.Application(middlewares=[] if read_only else [authenticate])
     read = [web.get("/healthz", healthz), web.get("/pods", pods), web.get("/pods/", pods),
-            web.get("/metrics", metrics), web.get("/metrics/probes", probe_metrics)]
+            web.get("/metrics", metrics), web.get("/metrics/probes", probe_metrics),
+            web.get("/stats/summary", summary), web.get("/stats/summary/", summary),
+            web.get("/metrics/resource", resource_metrics), web.get("/metrics/cadvisor", cadvisor_metrics)]
     app.add_routes(read)
     if read_only:
         return app
