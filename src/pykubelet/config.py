@@ -170,6 +170,9 @@ class KubeletConfig:
     tls_private_key_file: Path | None
     container_log_max_size: int
     container_log_max_files: int
+    container_log_max_workers: int
+    container_log_monitor_interval: float
+    volume_stats_agg_period: float
     image_gc_high_threshold_percent: int
     image_gc_low_threshold_percent: int
     serialize_image_pulls: bool
@@ -281,6 +284,14 @@ def _duration(value: Any) -> float:
         raise _Invalid(str(err)) from None
     if seconds < 0:
         raise _Invalid(f"{_q(value)} must not be negative")
+    return seconds
+
+
+@_kind("duration")
+def _log_monitor_interval(value: Any) -> float:
+    seconds = _duration(value)
+    if seconds < 3:
+        raise _Invalid(f"{_q(value)} must be a positive time duration greater than or equal to 3s")
     return seconds
 
 
@@ -591,6 +602,9 @@ _FIELDS = [
     _Field("containerLogMaxSize", "container_log_max_size", _byte_size, 10 * 2**20, "container-log-max-size"),
     _Field("containerLogMaxFiles", "container_log_max_files", _int(2, _INT32_MAX), 5,
            "container-log-max-files", keep_zero=True),
+    _Field("containerLogMaxWorkers", "container_log_max_workers", _int(1, _INT32_MAX), 1, keep_zero=True),
+    _Field("containerLogMonitorInterval", "container_log_monitor_interval", _log_monitor_interval, 10.0),
+    _Field("volumeStatsAggPeriod", "volume_stats_agg_period", _duration, 60.0, "volume-stats-agg-period"),
     _Field("imageGCHighThresholdPercent", "image_gc_high_threshold_percent", _int(0, 100), 85,
            "image-gc-high-threshold", keep_zero=True),
     _Field("imageGCLowThresholdPercent", "image_gc_low_threshold_percent", _int(0, 100), 80,
