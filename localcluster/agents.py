@@ -71,6 +71,9 @@ def kubelet_configuration(node: Node) -> dict:
         "staticPodPath": str(kubelet_dir(node) / "manifests"),
         "failSwapOn": False,
         "fileCheckFrequency": "5s",  # static pod manifests are picked up within seconds (upstream: 20s)
+        # Logs rotate small and often (upstream: 10Mi, 10s), so that the tests see rotation happen.
+        "containerLogMaxSize": "1Mi",
+        "containerLogMonitorInterval": "3s",
     }
 
 

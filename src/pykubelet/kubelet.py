@@ -20,6 +20,7 @@ from .apiclient import Api
 from .config import KubeletConfig, parse_quantity
 from .events import Recorder
 from .kuberuntime import RuntimeManager
+from .logrotation import LogRotation
 from .node import NodeManager
 from .nodelease import NodeLease
 from .pleg import Pleg
@@ -204,7 +205,13 @@ class Kubelet:
                 await asyncio.sleep(0.2)
             await workers.cleanup_orphans()
 
+        rotation = LogRotation(runtime, lambda: [c for rt in list(pleg.pods.values()) for c in rt.running],
+                               max_size=self.config.container_log_max_size,
+                               max_files=self.config.container_log_max_files,
+                               workers=self.config.container_log_max_workers,
+                               interval=self.config.container_log_monitor_interval)
         return tasks + [asyncio.create_task(events.run(), name="events"),
+                asyncio.create_task(rotation.run(), name="container-log-rotation"),
                 asyncio.create_task(pleg.run(), name="pleg"),
                 asyncio.create_task(source.run(), name="pod-source"),
                 asyncio.create_task(static.run(), name="static-pods"),

@@ -10,6 +10,7 @@ never exceptions out of the worker.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from cri import CRIClient, CRIError, NotFound, api
 
 from nodeagent import logs
 
-from . import dns, envvars, qos, runtime_config
+from . import dns, envvars, logrotation, qos, runtime_config
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podstate import Container, PodRuntime
@@ -489,6 +490,10 @@ class RuntimeManager:
                     await self.cri.remove_container(api.RemoveContainerRequest(container_id=record.id))
                 except CRIError as err:
                     log.warning("Removing old container failed", container=record.id, err=err)
+                    continue
+                path = logrotation.log_path(record)
+                if path is not None:
+                    logrotation.clean(path)  # its log and rotated files go with it, as upstream's
 
     async def kill_pod(self, pod: dict, rt: PodRuntime, grace: int | None = None) -> None:
         """Stop every running container (in parallel, each with its preStop hook), then the sandboxes."""
@@ -517,6 +522,8 @@ class RuntimeManager:
             except CRIError as err:
                 log.warning("Removing sandbox failed", sandbox=sandbox.id, err=err)
         self.volumes.cleanup(uid)
+        for directory in logrotation.LOG_ROOT.glob(f"*_*_{uid}"):  # <namespace>_<name>_<uid>; names hold no "_"
+            shutil.rmtree(directory, ignore_errors=True)
         self._sandbox_configs = {k: v for k, v in self._sandbox_configs.items() if k[0] != uid}
         self.crash_backoff.forget_prefix(uid)
         self.image_backoff.forget_prefix(uid)
