@@ -50,7 +50,8 @@ class ServerHost:
         self.registry, self.probes_registry = kubelet.metrics.registry, kubelet.metrics.probes_registry
         self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=kubelet.name,
                                      root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,
-                                     memory_capacity=kubelet.node.info.memory)
+                                     memory_capacity=kubelet.node.info.memory,
+                                     volume_stats_period=self.config.volume_stats_agg_period)
 
     def _stats_pods(self) -> list[tuple[PodRef, object]]:
         """The pods the runtime holds, named from the kubelet's pod (or, for one it no longer has, the labels)."""

@@ -15,6 +15,7 @@ from tests.integration.pods import container, make_pod, wait_pod
 pytestmark = pytest.mark.integration
 
 HELD = 16_000_000  # bytes the container's shell keeps in a variable
+SCRATCH = 3_000_000  # bytes it writes to its emptyDir first
 
 
 def raw(cluster, path: str) -> str:
@@ -27,8 +28,11 @@ def raw(cluster, path: str) -> str:
 @pytest.fixture(scope="module")
 def burner(admin, node, namespace):
     admin.create(make_pod(node, namespace, "burner", [container(
-        name="burn", command=["sh", "-c", f"x=$(head -c {HELD} /dev/zero | tr '\\0' a); while :; do :; done"],
-        resources={"limits": {"cpu": "200m", "memory": "64Mi"}})]))
+        name="burn", command=["sh", "-c", f"head -c {SCRATCH} /dev/zero > /scratch/f; "
+                                          f"x=$(head -c {HELD} /dev/zero | tr '\\0' a); while :; do :; done"],
+        resources={"limits": {"cpu": "200m", "memory": "64Mi"}},
+        volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}])],
+        volumes=[{"name": "scratch", "emptyDir": {}}]))
     wait_pod(admin, namespace, "burner", lambda p: p.status.phase == "Running", what="Running")
     return "burner"
 
@@ -61,7 +65,9 @@ def test_summary_measures_the_pod_and_the_node(cluster, node, namespace, burner)
     assert 50_000_000 < burn["cpu"]["usageNanoCores"] < 400_000_000, burn["cpu"]
     assert burn["rootfs"]["capacityBytes"] > 0 and "usedBytes" in burn["logs"]
     assert pod["memory"]["workingSetBytes"] >= burn["memory"]["workingSetBytes"]
-    assert pod["ephemeral-storage"]["usedBytes"] >= burn["rootfs"]["usedBytes"]
+    scratch = next(v for v in pod["volume"] if v["name"] == "scratch")
+    assert scratch["usedBytes"] >= SCRATCH and scratch["capacityBytes"] >= scratch["availableBytes"] > 0
+    assert pod["ephemeral-storage"]["usedBytes"] >= burn["rootfs"]["usedBytes"] + scratch["usedBytes"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", pod["startTime"])
 
     host = second["node"]

@@ -137,6 +137,11 @@ def test_summary_from_the_runtime(tmp_path):
     ts = 1_800_000_000_000_000_000
     (tmp_path / "ns_web_u1" / "app").mkdir(parents=True)
     (tmp_path / "ns_web_u1" / "app" / "0.log").write_bytes(b"x" * 10000)
+    volumes = tmp_path / "pods" / "u1" / "volumes"
+    for plugin, name in (("kubernetes.io~empty-dir", "scratch"), ("kubernetes.io~projected", "token"),
+                         ("kubernetes.io~host-path", "host")):
+        (volumes / plugin / name).mkdir(parents=True)
+        (volumes / plugin / name / "data").write_bytes(b"v" * 20000)
     provider = _provider(tmp_path, ts)
     got = asyncio.run(provider.summary())
     node = got["node"]
@@ -150,7 +155,11 @@ def test_summary_from_the_runtime(tmp_path):
     assert app["cpu"]["usageCoreNanoSeconds"] == 2_000_000_000 and "usageNanoCores" not in app["cpu"]
     assert "availableBytes" not in app["memory"]  # containerd's 0 means "no limit"
     assert app["rootfs"]["usedBytes"] == 8192 and app["logs"]["usedBytes"] >= 10000
-    assert web["ephemeral-storage"]["usedBytes"] == 8192 + app["logs"]["usedBytes"]
+    # Every volume but hostPath is measured; emptyDir counts as ephemeral storage, the projected token not.
+    assert [v["name"] for v in web["volume"]] == ["scratch", "token"]
+    assert all(v["usedBytes"] >= 20000 and v["capacityBytes"] > 0 for v in web["volume"])
+    assert web["ephemeral-storage"]["usedBytes"] == 8192 + app["logs"]["usedBytes"] + web["volume"][0]["usedBytes"]
+    assert "volume" not in side
     assert web["memory"]["workingSetBytes"] == 9000 and web["process_stats"] == {"process_count": 3}
     # Without sandbox stats the pod is the sum of its containers.
     assert side["cpu"]["usageCoreNanoSeconds"] == 1_000_000_000 and side["memory"]["workingSetBytes"] == 1024

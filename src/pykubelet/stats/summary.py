@@ -33,6 +33,9 @@ from .cgroups import Hierarchies, Usage, own_cgroup, pid_limits
 log = logs.get(__name__)
 
 LOG_ROOT = Path("/var/log/pods")
+UNMEASURED_PLUGINS = {"kubernetes.io~host-path"}  # the host's files, not the pod's (upstream has no metrics)
+# Local ephemeral storage as upstream counts it (a Memory-medium emptyDir, once served, must not count).
+EPHEMERAL_PLUGINS = {"kubernetes.io~empty-dir", "kubernetes.io~configmap", "kubernetes.io~git-repo"}
 
 
 @dataclass(frozen=True)
@@ -165,13 +168,58 @@ class _CpuRates:
             del self._last[key]
 
 
+class _VolumeStats:
+    """Each pod's volume usage, walked in a thread at most once per `volumeStatsAggPeriod` (du is not free)."""
+
+    def __init__(self, root_dir: Path, period: float):
+        self.root_dir = root_dir
+        self.period = period
+        self._cache: dict[str, tuple[float, list[tuple[str, dict]]]] = {}
+
+    async def get(self, uid: str) -> list[tuple[str, dict]]:
+        """[(plugin dir, VolumeStats)] for the pod's volumes."""
+        cached = self._cache.get(uid)
+        if cached is not None and time.monotonic() - cached[0] < self.period:
+            return cached[1]
+        found = await asyncio.to_thread(self._walk, uid)
+        self._cache[uid] = (time.monotonic(), found)
+        return found
+
+    def _walk(self, uid: str) -> list[tuple[str, dict]]:
+        found = []
+        base = self.root_dir / "pods" / uid / "volumes"
+        try:
+            plugins = sorted(os.listdir(base))
+        except OSError:
+            return []
+        for plugin in plugins:
+            if plugin in UNMEASURED_PLUGINS:
+                continue
+            try:
+                names = sorted(os.listdir(base / plugin))
+            except OSError:
+                continue
+            for name in names:
+                used, inodes = directory_usage(base / plugin / name)
+                stats = fs_stats(base / plugin / name, time.time_ns(), used, inodes)
+                if stats is not None:
+                    found.append((plugin, {**stats, "name": name}))
+        return found
+
+    def keep(self, uids: Iterable[str]) -> None:
+        uids = set(uids)
+        for uid in [u for u in self._cache if u not in uids]:
+            del self._cache[uid]
+
+
 class SummaryProvider:
     """Builds the Summary. `pods()` gives (PodRef, PodRuntime) for the pods the kubelet knows;
     `memory_capacity` is the node's, for the node's availableBytes."""
 
     def __init__(self, *, cri, pods: Callable[[], list[tuple[PodRef, PodRuntime]]], node_name: str,
                  root_dir: Path, cgroup_root: str, memory_capacity: int,
-                 hierarchies: Hierarchies | None = None, log_root: Path = LOG_ROOT):
+                 volume_stats_period: float = 60.0, hierarchies: Hierarchies | None = None,
+                 log_root: Path = LOG_ROOT):
         self.cri = cri
         self.pods = pods
         self.node_name = node_name
@@ -185,6 +233,7 @@ class SummaryProvider:
         self.kubelet_start = int(psutil.Process().create_time() * 1e9)
         self.kubelet_cgroup = own_cgroup()
         self._rates = _CpuRates()
+        self._volumes = _VolumeStats(root_dir, volume_stats_period)
 
     # ------------------------------------------------------------------ pieces
 
@@ -331,9 +380,14 @@ class SummaryProvider:
             else:
                 pod.update(self._pod_from_containers(sandbox.id, containers, now))
             if not only_cpu_and_memory:
-                pod["ephemeral-storage"] = self._ephemeral(containers, now)
+                volumes = await self._volumes.get(ref.uid)
+                pod["volume"] = [stats for _, stats in volumes] or None
+                pod["ephemeral-storage"] = self._ephemeral(
+                    containers, [stats for plugin, stats in volumes if plugin in EPHEMERAL_PLUGINS], now)
             out.append(_drop_none(pod))
         self._rates.keep(seen + ["node", "system/kubelet", "system/pods"])
+        if not only_cpu_and_memory:
+            self._volumes.keep(ref.uid for ref, _, _ in pods)
         return {"node": node, "pods": out}
 
     def _pod_from_containers(self, sandbox_id: str, containers: list[dict], now: int) -> dict:
@@ -348,10 +402,10 @@ class SummaryProvider:
         return out
 
     @staticmethod
-    def _ephemeral(containers: list[dict], now: int) -> dict | None:
-        """What the pod's containers write outside volumes: writable layers plus logs (emptyDirs are the
-        volume manager's to count)."""
-        parts = [c[k] for c in containers for k in ("rootfs", "logs") if k in c]
+    def _ephemeral(containers: list[dict], volumes: list[dict], now: int) -> dict | None:
+        """The pod's local ephemeral storage, as upstream counts it: writable layers, logs, and the emptyDir,
+        configMap (and gitRepo) volumes."""
+        parts = [c[k] for c in containers for k in ("rootfs", "logs") if k in c] + volumes
         if not parts:
             return None
         used = sum(p.get("usedBytes", 0) for p in parts)
