@@ -28,6 +28,7 @@ STDERR = "stderr"
 STREAMS = (STDOUT, STDERR)
 _STREAM_NAMES = {b"stdout": STDOUT, b"stderr": STDERR}
 READ_CHUNK = 256 * 1024  # a followed file is read this much at a time, however large it is
+TAIL_BATCH = 4096  # entries per batch of a tail, which is read whole
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TIMESTAMP = re.compile(
@@ -235,7 +236,7 @@ def _replaced(path: str | os.PathLike, f: BinaryIO) -> bool:
     return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
 
 
-async def follow_log(
+async def follow_log_batches(
     path: str | os.PathLike,
     *,
     stream: str | None = None,
@@ -243,8 +244,9 @@ async def follow_log(
     tail: int | None = None,
     poll_interval: float = 0.1,
     stop: asyncio.Event | None = None,
-) -> AsyncIterator[LogEntry]:
-    """Like :func:`read_log`, then yield new entries as they are written, across rotations.
+) -> AsyncIterator[list[LogEntry]]:
+    """Like :func:`read_log`, then new entries as they are written, across rotations: a list per read,
+    never empty, so that a server can write each read's lines at once.
 
     Runs until cancelled or until ``stop`` is set; then the rest of the file is
     read, and an unfinished line is yielded as a partial entry.
@@ -252,24 +254,29 @@ async def follow_log(
     keep = _Filter(stream, since)
     parser = LogParser()
     f = open(path, "rb")
+
+    def kept(entries: list[LogEntry]) -> list[LogEntry]:
+        return [e for e in entries if keep(e)]
+
     try:
         if tail is not None and tail >= 0:
-            for entry in _tail([e for e in parser.feed(f.read()) if keep(e)], tail):
-                yield entry
+            entries = _tail(kept(parser.feed(f.read())), tail)
+            for start in range(0, len(entries), TAIL_BATCH):
+                yield entries[start:start + TAIL_BATCH]
 
         quiet_since_replaced = False
         while True:
             data = f.read(READ_CHUNK)
             if data:
                 quiet_since_replaced = False
-                for entry in parser.feed(data):
-                    if keep(entry):
-                        yield entry
+                batch = kept(parser.feed(data))
+                if batch:
+                    yield batch
                 continue
             if stop is not None and stop.is_set():
-                for entry in parser.flush():
-                    if keep(entry):
-                        yield entry
+                batch = kept(parser.flush())
+                if batch:
+                    yield batch
                 return
             if _replaced(path, f):
                 # Switch only after the old file stayed quiet for a whole poll
@@ -282,9 +289,9 @@ async def follow_log(
                     else:
                         f.close()
                         f, quiet_since_replaced = new, False
-                        for entry in parser.end_of_file():
-                            if keep(entry):
-                                yield entry
+                        batch = kept(parser.end_of_file())
+                        if batch:
+                            yield batch
                         continue
                 quiet_since_replaced = True
             elif os.fstat(f.fileno()).st_size < f.tell():  # truncated in place
@@ -293,6 +300,17 @@ async def follow_log(
             await _sleep(poll_interval, stop)
     finally:
         f.close()
+
+
+async def follow_log(path: str | os.PathLike, **options) -> AsyncIterator[LogEntry]:
+    """:func:`follow_log_batches` one entry at a time (same options)."""
+    batches = follow_log_batches(path, **options)
+    try:
+        async for batch in batches:
+            for entry in batch:
+                yield entry
+    finally:
+        await batches.aclose()
 
 
 async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:

@@ -11,7 +11,9 @@ import pytest
 from cri.logs import (
     LogEntry,
     LogParser,
+    TAIL_BATCH,
     follow_log,
+    follow_log_batches,
     format_timestamp,
     parse_line,
     parse_timestamp,
@@ -336,3 +338,21 @@ def test_follow_missing_file(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         asyncio.run(scenario())
+
+
+def test_batches_are_one_per_read_and_a_long_tail_comes_in_slices(tmp_path):
+    path = tmp_path / "0.log"
+    count = TAIL_BATCH * 2 + 10
+    path.write_bytes(b"".join(line(i / 1000, "stdout", "F", f"n{i}") for i in range(count)))
+
+    async def collect(**options):
+        stop = asyncio.Event()
+        stop.set()  # read what is there, then end
+        return [batch async for batch in follow_log_batches(path, poll_interval=POLL, stop=stop, **options)]
+
+    tailed = asyncio.run(collect(tail=count - 1))
+    assert [len(b) for b in tailed] == [TAIL_BATCH, TAIL_BATCH, 9]
+    assert [e.content for b in tailed for e in b] == [f"n{i}".encode() for i in range(1, count)]
+    read = asyncio.run(collect())
+    assert all(read) and len(read) < count / 100  # a read's worth of lines per batch, not a line each
+    assert [e.content for b in read for e in b] == [f"n{i}".encode() for i in range(count)]

@@ -14,7 +14,7 @@ from pathlib import Path
 from aiohttp import web
 
 from cri import api
-from cri.logs import follow_log, parse_timestamp
+from cri.logs import follow_log_batches, parse_timestamp
 
 from ..runtime_config import pod_log_directory
 
@@ -97,15 +97,18 @@ async def container_logs(request: web.Request, host) -> web.StreamResponse:
     watcher = asyncio.create_task(_until_stopped(host, pod["metadata"]["uid"], record.id, stop)) if follow else None
     left = options["limit"]
     try:
-        async for entry in follow_log(path, stream=options["stream"], since=options["since_ns"],
-                                      tail=options["tail"], stop=stop):
-            line = entry.content if entry.partial else entry.content + b"\n"
+        async for batch in follow_log_batches(path, stream=options["stream"], since=options["since_ns"],
+                                              tail=options["tail"], stop=stop):
+            # One write per read of the file (up to 256 KiB of lines), not one per line.
             if options["timestamps"]:
-                line = entry.timestamp.encode() + b" " + line
+                lines = [e.timestamp.encode() + b" " + e.content + (b"" if e.partial else b"\n") for e in batch]
+            else:
+                lines = [e.content if e.partial else e.content + b"\n" for e in batch]
+            chunk = b"".join(lines)
             if left is not None:
-                line = line[:left]
-                left -= len(line)
-            await response.write(line)
+                chunk = chunk[:left]
+                left -= len(chunk)
+            await response.write(chunk)
             if left is not None and left <= 0:
                 break
     finally:
