@@ -146,6 +146,13 @@ def _cri_network(usage: api.NetworkUsage) -> dict | None:
             "interfaces": [default, *(interface(i) for i in usage.interfaces)]}
 
 
+def _keep_only(cache: dict, keys: Iterable[str]) -> None:
+    """Forget what is cached for anything no longer seen."""
+    keys = set(keys)
+    for key in [k for k in cache if k not in keys]:
+        del cache[key]
+
+
 class _CpuRates:
     """The previous sample of each container's or pod's cumulative CPU, for usageNanoCores."""
 
@@ -163,9 +170,7 @@ class _CpuRates:
         return rate
 
     def keep(self, keys: Iterable[str]) -> None:
-        keys = set(keys)
-        for key in [k for k in self._last if k not in keys]:
-            del self._last[key]
+        _keep_only(self._last, keys)
 
 
 class _VolumeStats:
@@ -207,9 +212,7 @@ class _VolumeStats:
         return found
 
     def keep(self, uids: Iterable[str]) -> None:
-        uids = set(uids)
-        for uid in [u for u in self._cache if u not in uids]:
-            del self._cache[uid]
+        _keep_only(self._cache, uids)
 
 
 class SummaryProvider:
