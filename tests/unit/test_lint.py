@@ -15,3 +15,9 @@ def test_pyflakes_is_clean():
              if p.name not in GENERATED]
     result = subprocess.run([sys.executable, "-m", "pyflakes", *files], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_test_modules_have_unique_names():
+    """tests/ has no __init__.py, so pytest refuses two test modules of the same file name."""
+    names = [p.name for top in ("unit", "integration") for p in (ROOT / "tests" / top).glob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
