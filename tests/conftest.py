@@ -4,11 +4,18 @@
 it is not up, and stopping it at the end if this session started it);
 `admin` is a lightkube client with cluster-admin rights; `agents` starts
 pykubelet/pyproxy on a local node and always stops them afterwards.
+
+Two test sessions on one machine share the one local cluster, so a session that
+needs the cluster first takes an exclusive lock beside its state directory and
+waits for any other session to finish; otherwise one session's `down` or proxy
+mode switch pulls the cluster from under the other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
 
 import pytest
 
@@ -26,7 +33,26 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def cluster_was_up() -> bool:
+def cluster_lock():
+    config = settings.load()
+    path = config.state.with_name(config.state.name + ".lock")
+    with open(path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            print(f"\nwaiting for the test session that holds {path} ({lock.read().strip() or 'unknown'})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}\n")
+        lock.flush()
+        yield path
+
+
+@pytest.fixture(scope="session")
+def cluster_was_up(cluster_lock) -> bool:
     return all(local.status(settings.load()).values())
 
 
