@@ -18,12 +18,14 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import debian
 from .procs import UpError
 from .settings import Cluster, metrics_server_version
 
@@ -199,21 +201,48 @@ def busybox_name(cluster: Cluster) -> str:
     return f"registry.k8s.io/e2e-test-images/busybox:{tag}"
 
 
-def busybox_image(cluster: Cluster) -> Image:
-    """Debian's busybox-static with a link per applet, under the name the e2e tests use."""
-    busybox = shutil.which("busybox")
-    if not busybox:
-        raise UpError("images: /bin/busybox is missing (Debian package busybox-static)")
-    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()
-    entries = [Entry("bin/busybox", Path(busybox).read_bytes())]
-    entries += [Entry(a, link="/bin/busybox") for a in applets if a != "bin/busybox"]
+# Debian 12's busybox 1.35 segfaults on `wget -T`, which the e2e suite and users call; Debian 13's 1.37 is
+# the version upstream's busybox image carries, and its static binary runs on any release.
+BUSYBOX_RELEASE = "trixie"
+
+
+def busybox_binary(cluster: Cluster) -> Path:
+    """Debian 13's static busybox from the cache (fetched once), else this host's with a warning."""
+    try:
+        return debian.unpacked(cluster, BUSYBOX_RELEASE, "busybox-static") / "usr/bin/busybox"
+    except (UpError, OSError, subprocess.SubprocessError) as err:
+        host = shutil.which("busybox")
+        if not host:
+            raise UpError(f"images: no busybox: {err}; and /bin/busybox is missing (Debian package "
+                          "busybox-static)") from err
+        print(f"[localcluster] images: using this host's busybox, whose `wget -T` may crash ({err})",
+              file=sys.stderr, flush=True)
+        return Path(host)
+
+
+def busybox_entries(cluster: Cluster, passwd: str = "", group: str = "") -> list[Entry]:
+    """Static busybox with every applet linked in /bin (as upstream's busybox image has them) and at its
+    usual path, /etc/passwd and /etc/group (root, nobody and the extra lines given), /tmp, /root, /home and
+    /var/log: the base of the images the e2e suite runs."""
+    busybox = busybox_binary(cluster)
+    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    entries = [Entry("bin/busybox", busybox.read_bytes())]
+    paths = {f"bin/{a.rpartition('/')[2]}" for a in applets} | set(applets)
+    entries += [Entry(a, link="/bin/busybox") for a in sorted(paths) if a != "bin/busybox"]
+    passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n" + passwd
+    group = "root:x:0:\nnogroup:x:65534:\n" + group
     entries += [
-        Entry("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n", 0o644),
-        Entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
+        Entry("etc/passwd", passwd.encode(), 0o644), Entry("etc/group", group.encode(), 0o644),
         Entry("tmp", mode=0o1777), Entry("root", mode=0o700), Entry("home"), Entry("var/log"),
     ]
+    return entries
+
+
+def busybox_image(cluster: Cluster) -> Image:
+    """Debian's busybox-static under the name the e2e tests use."""
     return Image(names=[busybox_name(cluster), "docker.io/library/busybox:latest"],
-                 entries=entries, cmd=["sh"])
+                 entries=busybox_entries(cluster), cmd=["sh"])
 
 
 CATALOG: dict[str, Callable[[Cluster], Image]] = {
