@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-static \
 	iptables nftables conntrack iproute2 util-linux gcc libc6-dev
 
-.PHONY: up down status test deps venv upstream proto clean
+.PHONY: up down status test conformance deps venv upstream proto clean
 
 up: deps venv
 	$(PY) -m localcluster up
@@ -19,6 +19,11 @@ status: venv
 
 test: deps venv upstream
 	$(PY) -m pytest
+
+# The upstream [Conformance] specs against the local cluster (builds the suite; brings the cluster up if down).
+# CONFORMANCE_FOCUS / CONFORMANCE_SKIP are ginkgo regexes, e.g. CONFORMANCE_FOCUS='\[sig-node\].*\[Conformance\]'.
+conformance: deps venv upstream
+	$(PY) -m localcluster conformance
 
 # Debian packages, installed only when one is missing.
 deps:

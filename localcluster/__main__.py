@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from . import cluster, metrics_server, settings
+from . import cluster, conformance, metrics_server, settings
 from .procs import UpError
 
 
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     msrv = sub.add_parser("metrics-server", help="a test fixture: build metrics-server, run it in the cluster and "
                           "wait until `kubectl top` works (--remove: delete it again)")
     msrv.add_argument("--remove", action="store_true", help="delete everything the deploy created")
+    conf = sub.add_parser("conformance", help="run the upstream [Conformance] specs against the cluster's nodes "
+                          "(CONFORMANCE_FOCUS, CONFORMANCE_SKIP and CONFORMANCE_PROCS narrow or widen it)")
+    conf.add_argument("--focus", default=os.environ.get("CONFORMANCE_FOCUS") or conformance.DEFAULT_FOCUS)
+    conf.add_argument("--skip", default=os.environ.get("CONFORMANCE_SKIP", ""))
+    conf.add_argument("--procs", type=int, default=int(os.environ.get("CONFORMANCE_PROCS") or conformance.DEFAULT_PROCS))
     args = parser.parse_args(argv)
 
     config = settings.load()
@@ -39,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             print(cluster.env_lines(config))
         elif args.command == "build":
             cluster.build_upstream(config, args.programs)
+        elif args.command == "conformance":
+            conformance.run(config, focus=args.focus, skip=args.skip, processes=args.procs)
         elif args.command == "metrics-server" and args.remove:
             metrics_server.remove(config)
         elif args.command == "metrics-server":

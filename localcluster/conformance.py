@@ -1,0 +1,182 @@
+"""`make conformance`: the upstream [Conformance] specs of the pinned version against the local cluster.
+
+One run: build e2e.test, ginkgo and agnhost (localcluster/upstream/conformance/build.sh),
+build and import the suite's images (testimages.py), bring the cluster up if it is
+down, run the specs with ginkgo in parallel (Serial specs last, on one process, as
+ginkgo orders them), then delete the namespaces the suite left and write a summary.
+Everything a run produces goes to `<state>/conformance/<UTC time>/`: ginkgo's
+output (`ginkgo.log`), `report.json`, `junit.xml` and `summary.md`.
+
+The summary counts specs per sig (the `[sig-…]` tag of the spec's text) and lists
+each failed spec with the first line of its failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import cluster as local
+from . import procs, testimages
+from .procs import UpError
+from .settings import UPSTREAM_DIR, Cluster
+
+BUILD_SCRIPT = UPSTREAM_DIR / "conformance" / "build.sh"
+DEFAULT_FOCUS = r"\[Conformance\]"
+# Pods mostly wait (images are local, containers sleep), so more processes than the 2 CPUs pay off.
+DEFAULT_PROCS = 4
+# ginkgo's states, folded into the three the summary counts.
+FAILED_STATES = {"failed", "panicked", "timedout", "interrupted", "aborted"}
+
+
+def log(msg: str) -> None:
+    print(f"[conformance] {msg}", file=sys.stderr, flush=True)
+
+
+def build(cluster: Cluster) -> None:
+    proc = subprocess.run([str(BUILD_SCRIPT)], env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
+    if proc.returncode != 0:
+        raise UpError(f"conformance: the suite's build failed (exit {proc.returncode}); its output is above")
+
+
+def prepare_images(cluster: Cluster) -> list[str]:
+    """Build and import every image there is a recipe for; returns the suite's images that have none."""
+    archives, missing = testimages.build_all(cluster)
+    testimages.import_all(cluster, archives)
+    return missing
+
+
+def ginkgo_argv(cluster: Cluster, out: Path, focus: str, skip: str, processes: int) -> list[str]:
+    argv = [str(cluster.bin / "ginkgo"), f"--procs={processes}", "--timeout=3h", "--no-color", "--silence-skips",
+            f"--focus={focus}", f"--output-dir={out}", "--json-report=report.json", "--junit-report=junit.xml"]
+    if skip:
+        argv.append(f"--skip={skip}")
+    argv += [str(cluster.bin / "e2e.test"), "--",
+             f"--kubeconfig={cluster.admin_kubeconfig}", "--provider=skeleton",
+             f"--kubectl-path={cluster.bin / 'kubectl'}", f"--report-dir={out}", "--dump-logs-on-failure=false"]
+    return argv
+
+
+def suite_namespaces(cluster: Cluster) -> set[str]:
+    """Namespaces the e2e framework made (it labels each one `e2e-framework=<spec base name>`)."""
+    out = procs.kubectl(cluster, "get", "namespaces", "-l", "e2e-framework", "-o", "name")
+    return {line.split("/", 1)[1] for line in out.stdout.split()}
+
+
+def run(cluster: Cluster, focus: str = DEFAULT_FOCUS, skip: str = "", processes: int = DEFAULT_PROCS) -> Path:
+    """The whole measurement; returns the run's directory (the summary is printed and in summary.md)."""
+    build(cluster)
+    if not all(local.status(cluster).values()):
+        local.up(cluster)
+    missing = prepare_images(cluster)
+    if missing:
+        log(f"{len(missing)} images the suite may pull have no recipe here (localcluster/testimages.py); a spec "
+            f"that runs one fails on it: {' '.join(missing)}")
+    out = cluster.state / "conformance" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out.mkdir(parents=True)
+    before = suite_namespaces(cluster)
+    argv = ginkgo_argv(cluster, out, focus, skip, processes)
+    log(f"running {' '.join(argv)}\n  output in {out / 'ginkgo.log'}")
+    started = time.monotonic()
+    with open(out / "ginkgo.log", "w") as output:
+        # ginkgo exits non-zero whenever a spec fails; the report says which, so the exit code is not an error.
+        proc = subprocess.run(argv, stdout=output, stderr=subprocess.STDOUT, cwd=out)
+    elapsed = time.monotonic() - started
+    left = sorted(suite_namespaces(cluster) - before)
+    if left:
+        log(f"deleting {len(left)} namespaces the suite left: {' '.join(left)}")
+        procs.kubectl(cluster, "delete", "namespace", "--wait=false", *left)
+    report = out / "report.json"
+    if not report.is_file():
+        raise UpError(f"conformance: ginkgo (exit {proc.returncode}) wrote no report; see {out / 'ginkgo.log'}")
+    summary = summarize(json.loads(report.read_text()))
+    text = format_summary(summary, title=f"focus `{focus}`" + (f", skip `{skip}`" if skip else ""),
+                          elapsed=elapsed, missing_images=missing)
+    (out / "summary.md").write_text(text)
+    print(text)
+    return out
+
+
+# --- the summary ------------------------------------------------------------------------------------
+
+@dataclass
+class Summary:
+    counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (spec text, first failure line)
+    suite_failures: list[tuple[str, str]] = field(default_factory=list)  # BeforeSuite and the like
+
+    @property
+    def total(self) -> Counter:
+        return sum(self.counts.values(), Counter())
+
+
+def spec_text(spec: dict) -> str:
+    return " ".join([*(spec.get("ContainerHierarchyTexts") or []), spec.get("LeafNodeText", "")]).strip()
+
+
+def sig_of(text: str) -> str:
+    match = re.search(r"\[(sig-[a-z0-9-]+)\]", text)
+    return match.group(1) if match else "other"
+
+
+def first_line(failure: dict | None) -> str:
+    message = (failure or {}).get("Message", "").strip()
+    line = next((ln.strip() for ln in message.splitlines() if ln.strip()), "(no failure message)")
+    location = (failure or {}).get("Location", {})
+    where = f" [{Path(location['FileName']).name}:{location.get('LineNumber')}]" if location.get("FileName") else ""
+    return line[:300] + where
+
+
+def summarize(reports: list[dict]) -> Summary:
+    """Fold ginkgo's JSON report (a list of suite reports) into per-sig counts and the failures. Specs the
+    focus left out are not counted; "skipped" are those the suite itself skipped at run time (it says why)."""
+    summary = Summary()
+    for report in reports:
+        for spec in report.get("SpecReports") or []:
+            state = spec.get("State", "")
+            if spec.get("LeafNodeType") != "It":
+                if state in FAILED_STATES:
+                    summary.suite_failures.append((spec.get("LeafNodeType", "?"), first_line(spec.get("Failure"))))
+                continue
+            if state in ("skipped", "pending") and not spec.get("Failure"):
+                continue  # left out by the focus/skip regexes, never started
+            text = spec_text(spec)
+            verdict = "failed" if state in FAILED_STATES else "passed" if state == "passed" else "skipped"
+            summary.counts[sig_of(text)][verdict] += 1
+            if verdict == "failed":
+                summary.failures.append((text, first_line(spec.get("Failure"))))
+    summary.failures.sort()
+    return summary
+
+
+def format_summary(summary: Summary, title: str, elapsed: float | None = None,
+                   missing_images: list[str] | None = None) -> str:
+    total = summary.total
+    ran = total["passed"] + total["failed"]
+    lines = [f"# Conformance run: {title}", ""]
+    if elapsed is not None:
+        lines.append(f"{ran} specs ran in {elapsed / 60:.0f} min: {total['passed']} passed, {total['failed']} failed"
+                     f" ({total['skipped']} skipped by the suite itself).")
+        lines.append("")
+    lines += ["| sig | passed | failed | skipped |", "|---|---:|---:|---:|"]
+    for sig in sorted(summary.counts):
+        c = summary.counts[sig]
+        lines.append(f"| {sig} | {c['passed']} | {c['failed']} | {c['skipped']} |")
+    lines.append(f"| **all** | **{total['passed']}** | **{total['failed']}** | {total['skipped']} |")
+    if summary.suite_failures:
+        lines += ["", "## Suite-level failures", ""]
+        lines += [f"- {node}: {line}" for node, line in summary.suite_failures]
+    if summary.failures:
+        lines += ["", "## Failed specs", ""]
+        lines += [f"- {text}\n  - {line}" for text, line in summary.failures]
+    if missing_images:
+        lines += ["", "## Images with no local recipe", ""]
+        lines += [f"- {name}" for name in missing_images]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,93 @@
+"""The conformance harness: how ginkgo's JSON report becomes the per-sig summary, and the recipe's pins."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from localcluster import conformance
+from localcluster.settings import UPSTREAM_DIR, kubernetes_version
+
+
+def spec(texts, leaf, state, message="", node_type="It", file="pods.go", line=42):
+    report = {"ContainerHierarchyTexts": texts, "LeafNodeText": leaf, "LeafNodeType": node_type, "State": state}
+    if message:
+        report["Failure"] = {"Message": message, "Location": {"FileName": f"/go/test/e2e/{file}", "LineNumber": line}}
+    return report
+
+
+REPORT = [{"SuiteDescription": "Kubernetes e2e suite", "SpecReports": [
+    spec([], "", "passed", node_type="SynchronizedBeforeSuite"),
+    spec(["[sig-node] Pods"], "should be submitted and removed [NodeConformance] [Conformance]", "passed"),
+    spec(["[sig-node] Pods"], "should get a host IP [NodeConformance] [Conformance]", "failed",
+         "\n  Timed out after 300s.\n  pod never ran\n"),
+    spec(["[sig-node] Container Runtime", "blackbox test"], "should report termination message [Conformance]",
+         "timedout", "spec timeout", file="runtime.go", line=7),
+    spec(["[sig-network] DNS"], "should provide DNS for the cluster [Conformance]", "passed"),
+    spec(["[sig-network] Services"], "should serve a basic endpoint [Conformance]", "skipped",
+         "Only supported for providers [gce]"),
+    spec(["[sig-network] Services"], "left out by the focus", "skipped"),
+    spec(["[sig-storage] Projected"], "is pending", "pending"),
+    spec(["[sig-storage] Projected"], "was skipped at run time", "skipped", "needs 2 nodes"),
+    spec(["Untagged"], "an odd spec", "panicked", "boom"),
+]}]
+
+
+def test_counts_per_sig_fold_ginkgo_states_into_passed_failed_skipped():
+    summary = conformance.summarize(REPORT)
+    assert dict(summary.counts["sig-node"]) == {"passed": 1, "failed": 2}
+    assert dict(summary.counts["sig-network"]) == {"passed": 1, "skipped": 1}
+    assert dict(summary.counts["sig-storage"]) == {"skipped": 1}  # the pending one never started
+    assert dict(summary.counts["other"]) == {"failed": 1}
+    assert summary.total == {"passed": 2, "failed": 3, "skipped": 2}
+    assert summary.suite_failures == []  # a passed BeforeSuite is not a spec and not a failure
+
+
+def test_each_failure_keeps_its_spec_text_and_first_failure_line_with_location():
+    failures = dict(conformance.summarize(REPORT).failures)
+    assert failures["[sig-node] Pods should get a host IP [NodeConformance] [Conformance]"] == \
+        "Timed out after 300s. [pods.go:42]"
+    assert failures["[sig-node] Container Runtime blackbox test should report termination message [Conformance]"] \
+        == "spec timeout [runtime.go:7]"
+
+
+def test_a_failed_before_suite_is_reported_apart_from_the_specs():
+    report = [{"SpecReports": [spec([], "", "failed", "cluster not ready", node_type="SynchronizedBeforeSuite")]}]
+    summary = conformance.summarize(report)
+    assert summary.total == {}
+    assert summary.suite_failures == [("SynchronizedBeforeSuite", "cluster not ready [pods.go:42]")]
+    assert "## Suite-level failures" in conformance.format_summary(summary, title="t")
+
+
+def test_the_markdown_summary_has_a_row_per_sig_a_total_and_the_failed_list():
+    text = conformance.format_summary(conformance.summarize(REPORT), title="focus x", elapsed=600,
+                                      missing_images=["registry.k8s.io/e2e-test-images/kitten:1.8"])
+    assert "5 specs ran in 10 min: 2 passed, 3 failed (2 skipped by the suite itself)" in text
+    assert "| sig-node | 1 | 2 | 0 |" in text
+    assert "| **all** | **2** | **3** | 2 |" in text
+    assert "- [sig-node] Pods should get a host IP [NodeConformance] [Conformance]\n  - Timed out after 300s." in text
+    assert "- registry.k8s.io/e2e-test-images/kitten:1.8" in text
+
+
+def test_ginkgo_gets_the_focus_skip_and_reports_in_the_run_directory(tmp_path):
+    from localcluster import settings
+
+    cluster = settings.load()
+    argv = conformance.ginkgo_argv(cluster, tmp_path, r"\[sig-node\]", r"\[Slow\]", 3)
+    assert argv[0].endswith("/ginkgo") and "--procs=3" in argv
+    assert r"--focus=\[sig-node\]" in argv and r"--skip=\[Slow\]" in argv
+    assert f"--output-dir={tmp_path}" in argv and "--json-report=report.json" in argv
+    suite_args = argv[argv.index("--") + 1:]
+    assert f"--kubeconfig={cluster.admin_kubeconfig}" in suite_args
+    assert not any("clean-start" in a for a in argv)  # it would delete every non-system namespace
+    assert not any(a.startswith("--skip") for a in conformance.ginkgo_argv(cluster, tmp_path, "x", "", 1))
+
+
+def test_the_suite_recipe_pins_the_same_kubernetes_as_the_control_plane_recipe():
+    text = (UPSTREAM_DIR / "conformance" / "go.mod").read_text()
+    pinned = re.search(r"^\s*k8s\.io/kubernetes (v\S+)", text, re.M) or re.search(r"k8s\.io/kubernetes (v\S+)", text)
+    assert pinned and pinned.group(1) == kubernetes_version()
+    replaces = dict(re.findall(r"^\s*(k8s\.io/\S+) => k8s\.io/\S+ (v\S+)", text, re.M))
+    staging = dict(re.findall(r"^\s*(k8s\.io/\S+) => k8s\.io/\S+ (v\S+)", (UPSTREAM_DIR / "go.mod").read_text(), re.M))
+    assert replaces == staging
+    assert Path(UPSTREAM_DIR / "conformance" / "go.sum").stat().st_size > 0
