@@ -348,8 +348,13 @@ class RuntimeManager:
         return policy == "Always" or (policy == "OnFailure" and record.exit_code != 0)
 
     async def _start(self, pod, container, rt, sandbox_id, sandbox_config, pod_ips, volumes, facts: Facts,
-                     previous: Container | None, container_type: str = "container") -> float | None:
+                     previous: Container | None, container_type: str = "container",
+                     newest: Container | None = None) -> float | None:
         """Start (or restart) one container unless its back-off says wait; returns seconds to wait, if any.
+
+        `previous` is the container's last run in this sandbox (its back-off); `newest` its last run in any
+        sandbox, whose attempt the new one follows: CRI names carry the attempt, so a container whose sandbox
+        was recreated (after a reboot, say) must not reuse the attempt of one left in the old sandbox.
 
         `container_type` (container, init_container) labels kubelet_started_containers_total and its errors,
         which count the attempts that got past the crash back-off, as upstream.
@@ -369,7 +374,8 @@ class RuntimeManager:
                 facts.waiting[name] = ("CrashLoopBackOff", message)
                 return wait
             self.crash_backoff.failed(key, at=previous.finished_at / 1e9 if previous.finished_at else None)
-        attempt = previous.attempt + 1 if previous is not None else 0
+        runs = [c.attempt for c in (previous, newest) if c is not None]
+        attempt = max(runs) + 1 if runs else 0
         if self.metrics is not None:
             self.metrics.started_containers.labels(container_type).inc()
         try:
@@ -436,7 +442,7 @@ class RuntimeManager:
                 if not sidecar and spec.get("restartPolicy", "Always") == "Never":
                     return None  # the pod has failed
             wait = await self._start(pod, container, in_sandbox, sandbox.id, sandbox_config, pod_ips, volumes,
-                                     facts, latest, "init_container")
+                                     facts, latest, "init_container", newest=rt.latest(name))
             if sidecar and wait is None:
                 continue
             return wait
@@ -462,7 +468,7 @@ class RuntimeManager:
                     facts.waiting.pop(name, None)
                     continue
             wait = await self._start(pod, container, in_sandbox, sandbox.id, sandbox_config, pod_ips, volumes,
-                                     facts, latest)
+                                     facts, latest, newest=rt.latest(name))
             if wait is not None:
                 waits.append(wait)
         await self._prune(in_sandbox)
