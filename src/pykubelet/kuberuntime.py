@@ -18,7 +18,7 @@ from cri import CRIClient, CRIError, NotFound, api
 
 from nodeagent import logs
 
-from . import dns, envvars, logrotation, qos, runtime_config
+from . import dns, envvars, etchosts, logrotation, qos, runtime_config
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podstate import Container, PodRuntime
@@ -208,7 +208,8 @@ class RuntimeManager:
                 f"KUBERNETES_PORT_{port}_TCP": f"tcp://{ip}:{port}", f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
                 f"KUBERNETES_PORT_{port}_TCP_PORT": str(port), f"KUBERNETES_PORT_{port}_TCP_ADDR": ip}
 
-    def _mounts(self, pod: dict, container: dict, volumes: dict, message_file: Path) -> list[api.Mount]:
+    def _mounts(self, pod: dict, container: dict, volumes: dict, message_file: Path,
+                pod_ips: list[str]) -> list[api.Mount]:
         mounts = []
         for vm in container.get("volumeMounts", []):
             prepared = volumes.get(vm["name"])
@@ -223,6 +224,11 @@ class RuntimeManager:
         path = container.get("terminationMessagePath", "/dev/termination-log")
         if path:
             mounts.append(api.Mount(container_path=path, host_path=str(message_file)))
+        if etchosts.wanted(pod, container, pod_ips):
+            hostname, domain = runtime_config.pod_hostname(pod, self.config.cluster_domain)
+            hosts = etchosts.write(pod_dir(self.config.root_dir, pod["metadata"]["uid"]), pod, pod_ips, hostname,
+                                   domain)
+            mounts.append(api.Mount(container_path=etchosts.ETC_HOSTS, host_path=str(hosts)))
         return mounts
 
     def _message_file(self, pod: dict, container: dict, attempt: int) -> Path:
@@ -239,7 +245,7 @@ class RuntimeManager:
         image_ref, image_user = await self.ensure_image(pod, container)
         try:
             env = await self._env(pod, container, pod_ips)
-            mounts = self._mounts(pod, container, volumes, self._message_file(pod, container, attempt))
+            mounts = self._mounts(pod, container, volumes, self._message_file(pod, container, attempt), pod_ips)
             config = runtime_config.container_config(pod, container, attempt=attempt, env=env, mounts=mounts,
                                                      image=image_ref, image_user=image_user,
                                                      node_memory_capacity=self.node_memory)

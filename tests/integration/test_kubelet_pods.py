@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from pathlib import Path
 
 import pytest
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret
@@ -311,6 +312,24 @@ def test_sandbox_hostname_dns_and_log_directory(admin, node, namespace, cluster)
     assert "options ndots:5" in resolv
     log = Path("/var/log/pods") / f"{namespace}_sandboxed_{pod.metadata.uid}" / "main" / "0.log"
     assert log.read_text().rstrip().endswith("stdout F logged")
+
+
+def test_containers_get_the_kubelet_managed_etc_hosts_with_host_aliases(admin, node, namespace):
+    script = "cat /etc/hosts > /dev/termination-log"
+    aliases = [{"ip": "123.45.67.89", "hostnames": ["foo", "bar"]}]
+    admin.create(make_pod(node, namespace, "hosts", [container(command=["sh", "-c", script])],
+                          restartPolicy="Never", hostname="box", subdomain="sub", hostAliases=aliases))
+    admin.create(make_pod(node, namespace, "hosts-hostnet", [container(command=["sh", "-c", script])],
+                          restartPolicy="Never", hostNetwork=True, hostAliases=aliases))
+    pod = wait_pod(admin, namespace, "hosts", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    hosts = state(pod).terminated.message
+    assert hosts.startswith("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n")
+    assert f"{pod.status.podIP}\tbox.sub.{namespace}.svc.cluster.local\tbox\n" in hosts
+    assert hosts.endswith("\n# Entries added by HostAliases.\n123.45.67.89\tfoo\tbar\n")
+    hostnet = wait_pod(admin, namespace, "hosts-hostnet", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    text = state(hostnet).terminated.message
+    assert text == ("# Kubernetes-managed hosts file (host network).\n" + Path("/etc/hosts").read_text()
+                    + "\n# Entries added by HostAliases.\n123.45.67.89\tfoo\tbar\n")
 
 
 def test_host_network_pods_use_the_node_address(admin, node, namespace):
