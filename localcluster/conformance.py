@@ -4,7 +4,7 @@ One run: build e2e.test, ginkgo and agnhost (localcluster/upstream/conformance/b
 build and import the suite's images (testimages.py), bring the cluster up if it is
 down, run the specs with ginkgo in parallel (Serial specs last, on one process, as
 ginkgo orders them), then delete the namespaces the suite left and write a summary.
-Everything a run produces goes to `<state>/conformance/<UTC time>/`: ginkgo's
+Everything a run produces goes to `<state>-conformance/<UTC time>/`: ginkgo's
 output (`ginkgo.log`), `report.json`, `junit.xml` and `summary.md`.
 
 The summary counts specs per sig (the `[sig-…]` tag of the spec's text) and lists
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cluster as local
-from . import procs, testimages
+from . import lock, procs, testimages
 from .procs import UpError
 from .settings import UPSTREAM_DIR, Cluster
 
@@ -70,16 +70,29 @@ def suite_namespaces(cluster: Cluster) -> set[str]:
     return {line.split("/", 1)[1] for line in out.stdout.split()}
 
 
+def results_dir(cluster: Cluster) -> Path:
+    """Beside the state directory, so that `make down` (and the test suite's last module) leave old runs."""
+    return cluster.state.with_name(cluster.state.name + "-conformance")
+
+
 def run(cluster: Cluster, focus: str = DEFAULT_FOCUS, skip: str = "", processes: int = DEFAULT_PROCS) -> Path:
-    """The whole measurement; returns the run's directory (the summary is printed and in summary.md)."""
+    """The whole measurement; returns the run's directory (the summary is printed and in summary.md).
+
+    Holds the cluster's lock while it uses the cluster, so a test session on the same machine waits for it.
+    """
     build(cluster)
+    with lock.holding(cluster, f"a conformance run ({focus})"):
+        return _run(cluster, focus, skip, processes)
+
+
+def _run(cluster: Cluster, focus: str, skip: str, processes: int) -> Path:
     if not all(local.status(cluster).values()):
         local.up(cluster)
     missing = prepare_images(cluster)
     if missing:
         log(f"{len(missing)} images the suite may pull have no recipe here (localcluster/testimages.py); a spec "
             f"that runs one fails on it: {' '.join(missing)}")
-    out = cluster.state / "conformance" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = results_dir(cluster) / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out.mkdir(parents=True)
     before = suite_namespaces(cluster)
     argv = ginkgo_argv(cluster, out, focus, skip, processes)

@@ -5,22 +5,20 @@ it is not up, and stopping it at the end if this session started it);
 `admin` is a lightkube client with cluster-admin rights; `agents` starts
 pykubelet/pyproxy on a local node and always stops them afterwards.
 
-Two test sessions on one machine share the one local cluster, so a session that
-needs the cluster first takes an exclusive lock beside its state directory and
-waits for any other session to finish; otherwise one session's `down` or proxy
-mode switch pulls the cluster from under the other.
+A session that needs the cluster first takes the cluster's lock
+(`localcluster.lock`), so it waits for another test session or a conformance
+run on the same machine instead of pulling the cluster from under it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
-import sys
 
 import pytest
 
 from localcluster import agents as agent_runner
 from localcluster import cluster as local
+from localcluster import lock
 from localcluster import settings
 
 
@@ -34,20 +32,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def cluster_lock():
-    config = settings.load()
-    path = config.state.with_name(config.state.name + ".lock")
-    with open(path, "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            print(f"\nwaiting for the test session that holds {path} ({lock.read().strip() or 'unknown'})",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"pid {os.getpid()}\n")
-        lock.flush()
+    with lock.holding(settings.load(), "a test session") as path:
         yield path
 
 
