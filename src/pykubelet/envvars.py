@@ -92,18 +92,6 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 # --- service links ------------------------------------------------------------------------------
 
-# The variables of the "kubernetes" service in "default", which every pod gets.
-_MASTER_SERVICE = re.compile(
-    r"KUBERNETES_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)(_PROTO|_PORT|_ADDR)?)?)"
-)
-
-
-def _service_links(pod: Mapping, service_env: Mapping[str, str]) -> dict[str, str]:
-    if (pod.get("spec") or {}).get("enableServiceLinks", True) is not False:
-        return dict(service_env)
-    return {k: v for k, v in service_env.items() if _MASTER_SERVICE.fullmatch(k)}
-
-
 # --- downward API -------------------------------------------------------------------------------
 
 _QUALIFIED_NAME = re.compile(r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -247,14 +235,12 @@ async def container_env(
 ) -> list[tuple[str, str]]:
     """The container's environment as (name, value) pairs; see the module docstring.
 
-    ``service_env`` holds the service link variables of the services the pod may see (its
-    namespace's and default/kubernetes); when ``spec.enableServiceLinks`` is false only the
-    ``kubernetes`` service's ones are kept. envFrom keys that are not valid variable names
-    are skipped with a message in ``warnings``.
+    ``service_env`` holds the service link variables of the services the pod may see
+    (servicelinks chose them by namespace and ``enableServiceLinks``). envFrom keys that are
+    not valid variable names are skipped with a message in ``warnings``.
     """
     namespace = (pod.get("metadata") or {}).get("namespace", "")
     sources = _Sources(namespace, get_configmap, get_secret)
-    services = _service_links(pod, service_env)
     env: dict[str, str] = {}
 
     for source in container.get("envFrom") or []:
@@ -277,7 +263,7 @@ async def container_env(
             break
 
     def lookup(name: str) -> str | None:
-        return env[name] if name in env else services.get(name)
+        return env[name] if name in env else service_env.get(name)
 
     for var in container.get("env") or []:
         name = var["name"]
@@ -311,5 +297,5 @@ async def container_env(
         env[name] = value
 
     result = list(env.items())
-    result.extend((k, v) for k, v in services.items() if k not in env)
+    result.extend((k, v) for k, v in service_env.items() if k not in env)
     return result

@@ -15,7 +15,7 @@ from cri import CRIClient
 from nodeagent import logs, systemd
 from nodeagent.listwatch import ListWatch
 
-from . import certificates, healthz, metrics, nodestatus, qos
+from . import certificates, healthz, metrics, nodestatus, qos, servicelinks
 from .apiclient import Api
 from .config import KubeletConfig, parse_quantity
 from .events import Recorder
@@ -175,10 +175,13 @@ class Kubelet:
             node.info, self.config.max_pods, kube_reserved=self.config.kube_reserved,
             system_reserved=self.config.system_reserved, eviction_hard=self.config.eviction_hard,
             parse_quantity=parse_quantity)
+        services = servicelinks.ServiceCache()
+        service_source = ListWatch(lambda: api.http, "/api/v1/services", kind="Service", parse=servicelinks.parse,
+                                   replace=services.replace, update=services.update, remove=services.remove)
         manager = RuntimeManager(cri=runtime, volumes=VolumeManager(api, self.config.root_dir), events=events,
                                  config=self.config, node_name=self.name, node_ip=self.ip,
                                  node_allocatable=allocatable, node_memory=node.info.memory, get_object=get_object,
-                                 metrics=self.metrics)
+                                 metrics=self.metrics, services=services)
         workers: PodWorkers | None = None
         pleg = Pleg(runtime, lambda uid: workers.wake(uid) if workers else None, metrics=self.metrics)
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
@@ -215,6 +218,7 @@ class Kubelet:
                 asyncio.create_task(rotation.run(), name="container-log-rotation"),
                 asyncio.create_task(pleg.run(), name="pleg"),
                 asyncio.create_task(source.run(), name="pod-source"),
+                asyncio.create_task(service_source.run(), name="service-source"),
                 asyncio.create_task(static.run(), name="static-pods"),
                 asyncio.create_task(orphans(), name="orphan-cleanup")]
 

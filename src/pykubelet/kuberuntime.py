@@ -19,6 +19,7 @@ from cri import CRIClient, CRIError, NotFound, api
 from nodeagent import logs
 
 from . import dns, envvars, etchosts, logrotation, qos, runtime_config
+from .servicelinks import ServiceCache
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podstate import Container, PodRuntime
@@ -63,7 +64,8 @@ def grace_period(pod: dict) -> int:
 
 class RuntimeManager:
     def __init__(self, *, cri: CRIClient, volumes: VolumeManager, events: Recorder, config, node_name: str,
-                 node_ip: str, node_allocatable: dict[str, str], node_memory: int, get_object, metrics=None):
+                 node_ip: str, node_allocatable: dict[str, str], node_memory: int, get_object, metrics=None,
+                 services: ServiceCache | None = None):
         self.cri = cri
         self.metrics = metrics  # KubeletMetrics: pods and containers started, image pull time
         self.volumes = volumes
@@ -74,6 +76,7 @@ class RuntimeManager:
         self.node_allocatable = node_allocatable
         self.node_memory = node_memory
         self.get_object = get_object  # async (kind, namespace, name) -> dict | None, for env references
+        self.services = services  # the watched Services behind the service link variables (None: no apiserver)
         self.crash_backoff = Backoff()
         self.image_backoff = Backoff()
         self._sandbox_configs: dict[tuple[str, int], api.PodSandboxConfig] = {}  # (pod uid, attempt) -> config
@@ -193,20 +196,17 @@ class RuntimeManager:
         return await envvars.container_env(
             pod, container, node_name=self.node_name, node_ip=self.node_ip, pod_ips=pod_ips,
             host_ips=[self.node_ip], get_configmap=get_configmap, get_secret=get_secret,
-            service_env=await self.service_env(pod), node_allocatable=self.node_allocatable)
+            service_env=self.service_env(pod), node_allocatable=self.node_allocatable)
 
-    async def service_env(self, pod: dict) -> dict[str, str]:
-        """The KUBERNETES_SERVICE_* variables every container gets (other service links come later)."""
-        svc = await self.get_object("services", "default", "kubernetes")
-        if not svc:
+    def service_env(self, pod: dict) -> dict[str, str]:
+        """The service link variables the pod's containers get (servicelinks)."""
+        if self.services is None:
             return {}
-        ip = svc["spec"].get("clusterIP", "")
-        port = next((p for p in svc["spec"].get("ports", []) if p.get("name") == "https"),
-                    (svc["spec"].get("ports") or [{}])[0]).get("port", 443)
-        return {"KUBERNETES_SERVICE_HOST": ip, "KUBERNETES_SERVICE_PORT": str(port),
-                "KUBERNETES_SERVICE_PORT_HTTPS": str(port), "KUBERNETES_PORT": f"tcp://{ip}:{port}",
-                f"KUBERNETES_PORT_{port}_TCP": f"tcp://{ip}:{port}", f"KUBERNETES_PORT_{port}_TCP_PROTO": "tcp",
-                f"KUBERNETES_PORT_{port}_TCP_PORT": str(port), f"KUBERNETES_PORT_{port}_TCP_ADDR": ip}
+        if not self.services.synced:
+            raise envvars.ConfigProblem(envvars.CREATE_CONTAINER_CONFIG_ERROR, "services have not yet been read at "
+                                        "least once, cannot construct envvars")
+        enable = (pod.get("spec") or {}).get("enableServiceLinks") is not False
+        return self.services.env(pod["metadata"].get("namespace", ""), enable)
 
     def _mounts(self, pod: dict, container: dict, volumes: dict, message_file: Path,
                 pod_ips: list[str]) -> list[api.Mount]:

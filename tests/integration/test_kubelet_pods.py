@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret, Service
 
 from cri import CRIClient
 from tests.integration.pods import BUSYBOX, container, make_pod, wait_gone, wait_pod
@@ -66,6 +66,28 @@ def test_env_sources_and_expansion(admin, node, namespace):
     assert words[3] == pod.status.podIP and words[4] == node.name
     assert words[5:7] == ["blue", "s3cret"]
     assert words[7] == node.cluster.kubernetes_service_ip and words[8] == namespace
+
+
+def test_service_links_name_the_services_of_the_pods_namespace(admin, node, namespace):
+    created = admin.create(Service.from_dict({
+        "metadata": {"name": "fake-db", "namespace": namespace},
+        "spec": {"ports": [{"name": "sql", "port": 5432, "targetPort": 5432}]}}))
+    ip = created.spec.clusterIP
+    script = "env | grep -E '^(FAKE_DB|KUBERNETES)_' | sort > /dev/termination-log"
+    admin.create(make_pod(node, namespace, "links", [container(command=["sh", "-c", script])],
+                          restartPolicy="Never"))
+    admin.create(make_pod(node, namespace, "nolinks", [container(command=["sh", "-c", script])],
+                          restartPolicy="Never", enableServiceLinks=False))
+    links = wait_pod(admin, namespace, "links", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    env = dict(line.split("=", 1) for line in state(links).terminated.message.split())
+    assert {k: v for k, v in env.items() if k.startswith("FAKE_DB_")} == {
+        "FAKE_DB_SERVICE_HOST": ip, "FAKE_DB_SERVICE_PORT": "5432", "FAKE_DB_SERVICE_PORT_SQL": "5432",
+        "FAKE_DB_PORT": f"tcp://{ip}:5432", "FAKE_DB_PORT_5432_TCP": f"tcp://{ip}:5432",
+        "FAKE_DB_PORT_5432_TCP_PROTO": "tcp", "FAKE_DB_PORT_5432_TCP_PORT": "5432", "FAKE_DB_PORT_5432_TCP_ADDR": ip}
+    assert env["KUBERNETES_SERVICE_HOST"] == node.cluster.kubernetes_service_ip
+    nolinks = wait_pod(admin, namespace, "nolinks", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    names = {line.split("=", 1)[0] for line in state(nolinks).terminated.message.split()}
+    assert "KUBERNETES_SERVICE_HOST" in names and not [n for n in names if n.startswith("FAKE_DB_")]
 
 
 def test_restart_policies_and_exit_codes(admin, node, namespace):

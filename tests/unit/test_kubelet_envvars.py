@@ -307,15 +307,6 @@ SERVICES = {
 }
 
 
-@pytest.mark.parametrize("links, expected", [
-    ({}, set(SERVICES)),  # enableServiceLinks defaults to true
-    ({"enableServiceLinks": True}, set(SERVICES)),
-    ({"enableServiceLinks": False}, {k for k in SERVICES if k.startswith("KUBERNETES_") and "DASHBOARD" not in k}),
-])
-def test_service_links(links, expected):
-    assert {k for k, _ in run({"name": "c"}, service_env=SERVICES, **links)} == expected
-
-
 def test_service_variables_come_last_and_lose_to_the_container():
     env = run(env_of({"name": "WEB_SERVICE_HOST", "value": "mine"}), service_env=SERVICES)
     assert env[0] == ("WEB_SERVICE_HOST", "mine")
