@@ -119,6 +119,24 @@ def phase(pod: dict, init_statuses: list[dict], statuses: list[dict]) -> str:
     return "Pending"
 
 
+KUBELET_CONDITIONS = ("PodScheduled", "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
+                      "PodResizePending", "PodResizeInProgress")
+
+
+def _unmet_readiness_gates(spec: dict, conditions: list[dict]) -> list[str]:
+    """Upstream's message for each readiness gate whose condition is missing or not True."""
+    by_type = {c.get("type"): c for c in conditions}
+    unmet = []
+    for gate in spec.get("readinessGates") or []:
+        kind = gate.get("conditionType", "")
+        condition = by_type.get(kind)
+        if condition is None:
+            unmet.append(f'corresponding condition of pod readiness gate "{kind}" does not exist.')
+        elif condition.get("status") != "True":
+            unmet.append(f'the status of pod readiness gate "{kind}" is not "True", but {condition.get("status")}')
+    return unmet
+
+
 def _condition(kind: str, ok: bool, previous: dict, reason: str = "", message: str = "") -> dict:
     status = "True" if ok else "False"
     old = previous.get(kind)
@@ -135,12 +153,13 @@ def compute(pod: dict, rt: PodRuntime, facts: Facts) -> dict:
     old = pod.get("status") or {}
     previous = {c["type"]: c for c in old.get("conditions") or []}
     init_specs = spec.get("initContainers", [])
-    initialized = all(
-        (s := rt.latest(c["name"])) is not None and s.state == api.CONTAINER_EXITED and s.exit_code == 0
-        for c in init_specs if not _is_sidecar(c))
-    init_statuses = [container_status(c, rt, facts) for c in init_specs]
-    statuses = [container_status(c, rt, facts, not_started="ContainerCreating" if initialized else "PodInitializing")
-                for c in spec.get("containers", [])]
+    # As upstream, a pod with init containers shows PodInitializing for every container not created yet.
+    not_started = "PodInitializing" if init_specs else "ContainerCreating"
+    init_statuses = [container_status(c, rt, facts, not_started=not_started) for c in init_specs]
+    for status, container in zip(init_statuses, init_specs):
+        if not _is_sidecar(container):
+            status["ready"] = _succeeded(status)  # an init container that completed is Ready
+    statuses = [container_status(c, rt, facts, not_started=not_started) for c in spec.get("containers", [])]
     pod_phase = phase(pod, init_statuses, statuses)
 
     incomplete = [s["name"] for s, c in zip(init_statuses, init_specs)
@@ -150,25 +169,35 @@ def compute(pod: dict, rt: PodRuntime, facts: Facts) -> dict:
     terminal = pod_phase in ("Succeeded", "Failed")
     sandbox = rt.sandbox
     sandbox_ready = sandbox is not None and sandbox.state == api.SANDBOX_READY
-    conditions = []
-    if "PodScheduled" in previous:
-        conditions.append(previous["PodScheduled"])
+    generation = int((pod.get("metadata") or {}).get("generation") or 0)
+    containers_ok = not unready and not terminal
+    why = "PodCompleted" if terminal else "ContainersNotReady"
+    message = "" if terminal else f"containers with unready status: [{' '.join(unready)}]"
+    # Conditions others own (readiness gates', DisruptionTarget, …) stay as the pod has them: the status patch
+    # replaces the whole list.
+    conditions = [c for c in old.get("conditions") or [] if c.get("type") not in KUBELET_CONDITIONS]
+    gates = _unmet_readiness_gates(spec, conditions) if containers_ok else []
+    if gates:
+        ready = _condition("Ready", False, previous, "ReadinessGatesNotReady", ", ".join(gates))
+    else:
+        ready = _condition("Ready", containers_ok, previous, why, message)
     conditions += [
         _condition("PodReadyToStartContainers", sandbox_ready, previous),
         _condition("Initialized", not incomplete, previous, "ContainersNotInitialized",
                    f"containers with incomplete status: [{' '.join(incomplete)}]"),
-        _condition("Ready", not unready and not terminal, previous,
-                   "PodCompleted" if terminal else "ContainersNotReady",
-                   "" if terminal else f"containers with unready status: [{' '.join(unready)}]"),
-        _condition("ContainersReady", not unready and not terminal, previous,
-                   "PodCompleted" if terminal else "ContainersNotReady",
-                   "" if terminal else f"containers with unready status: [{' '.join(unready)}]"),
+        ready,
+        _condition("ContainersReady", containers_ok, previous, why, message),
+        _condition("PodScheduled", True, previous),
     ]
+    for condition in conditions:
+        if condition.get("type") in KUBELET_CONDITIONS:
+            condition["observedGeneration"] = generation
     host_network = spec.get("hostNetwork", False)
     pod_ips = [facts.node_ip] if host_network else (sandbox.ips if sandbox_ready and sandbox.ips else [])
     if not pod_ips and old.get("podIPs"):
         pod_ips = [p["ip"] for p in old["podIPs"]]  # keep the address a stopped pod had
     status = {
+        "observedGeneration": generation,
         "phase": pod_phase,
         "conditions": conditions,
         "hostIP": facts.node_ip,

@@ -150,6 +150,7 @@ def test_init_containers_run_first_in_order(admin, node, namespace):
     done = wait_pod(admin, namespace, "inits", lambda p: p.status.phase == "Succeeded", what="Succeeded")
     assert state(done).terminated.message.split() == ["init1", "init2"]
     assert [s.state.terminated.exitCode for s in done.status.initContainerStatuses] == [0, 0]
+    assert [s.ready for s in done.status.initContainerStatuses] == [True, True]  # completed init containers
 
 
 def test_deletion_stops_removes_and_deletes_the_pod(admin, node, namespace):

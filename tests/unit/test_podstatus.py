@@ -73,6 +73,18 @@ def test_init_containers_gate_the_app_and_initialized():
     assert initialized["status"] == "False" and initialized["message"] == "containers with incomplete status: [setup]"
     s = status(pod("Never", inits=("setup",)), [record("setup", api.CONTAINER_EXITED, exit_code=1)])
     assert s["phase"] == "Failed"
+    assert s["initContainerStatuses"][0]["ready"] is False
+
+
+def test_init_containers_not_created_yet_show_pod_initializing_and_completed_ones_are_ready():
+    s = status(pod(inits=("first", "second")), [record("first", api.CONTAINER_RUNNING)])
+    second = s["initContainerStatuses"][1]
+    assert second["state"] == {"waiting": {"reason": "PodInitializing"}} and second["ready"] is False
+    s = status(pod(inits=("first", "second")), [record("first", api.CONTAINER_EXITED, exit_code=0),
+                                               record("second", api.CONTAINER_EXITED, exit_code=0)])
+    assert [c["ready"] for c in s["initContainerStatuses"]] == [True, True]
+    assert s["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
+    assert status(pod(), [])["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
 
 
 def test_readiness_and_transition_times():
@@ -95,3 +107,27 @@ def test_backoff_doubles_caps_and_resets():
     assert backoff.remaining("k") == 1
     now[0] += 601  # quiet for more than twice the maximum: start over
     assert backoff.delay("k") == 0 and backoff.failed("k") == 10
+
+
+def test_readiness_gates_hold_ready_and_conditions_of_others_are_kept():
+    p = pod()
+    p["metadata"]["generation"] = 3
+    p["spec"]["readinessGates"] = [{"conditionType": "example.com/lb"}, {"conditionType": "example.com/dns"}]
+    p["status"]["conditions"].append({"type": "example.com/lb", "status": "False", "lastTransitionTime": "T1"})
+    s = status(p, [record("main", api.CONTAINER_RUNNING)])
+    by_type = {c["type"]: c for c in s["conditions"]}
+    assert by_type["example.com/lb"] == {"type": "example.com/lb", "status": "False", "lastTransitionTime": "T1"}
+    assert by_type["ContainersReady"]["status"] == "True"
+    assert by_type["Ready"]["status"] == "False" and by_type["Ready"]["reason"] == "ReadinessGatesNotReady"
+    assert by_type["Ready"]["message"] == (
+        'the status of pod readiness gate "example.com/lb" is not "True", but False, '
+        'corresponding condition of pod readiness gate "example.com/dns" does not exist.')
+    assert s["observedGeneration"] == 3
+    assert {c["type"] for c in s["conditions"] if c.get("observedGeneration") == 3} == {
+        "PodScheduled", "PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady"}
+    assert by_type["PodScheduled"]["lastTransitionTime"] == "T0"
+
+    p["status"]["conditions"] = [{**c, "status": "True"} for c in p["status"]["conditions"]]
+    p["status"]["conditions"].append({"type": "example.com/dns", "status": "True", "lastTransitionTime": "T2"})
+    s = status(p, [record("main", api.CONTAINER_RUNNING)])
+    assert {c["type"]: c["status"] for c in s["conditions"]}["Ready"] == "True"
