@@ -64,6 +64,12 @@ def ginkgo_argv(cluster: Cluster, out: Path, focus: str, skip: str, processes: i
     return argv
 
 
+def exact(specs: list[str]) -> str:
+    """A focus that matches these spec texts (ginkgo matches it anywhere in a spec's full text, whose labels make
+    anchors miss). Go's RE2 refuses Python's escaped spaces, hence our own escaping."""
+    return "|".join(re.sub(r"([\\.+*?()|\[\]{}^$])", r"\\\1", text) for text in specs)
+
+
 def suite_namespaces(cluster: Cluster) -> set[str]:
     """Namespaces the e2e framework made (it labels each one `e2e-framework=<spec base name>`)."""
     out = procs.kubectl(cluster, "get", "namespaces", "-l", "e2e-framework", "-o", "name")
@@ -82,10 +88,11 @@ def run(cluster: Cluster, focus: str = DEFAULT_FOCUS, skip: str = "", processes:
     """
     build(cluster)
     with lock.holding(cluster, f"a conformance run ({focus})"):
-        return _run(cluster, focus, skip, processes)
+        return measure(cluster, focus, skip, processes)
 
 
-def _run(cluster: Cluster, focus: str, skip: str, processes: int) -> Path:
+def measure(cluster: Cluster, focus: str, skip: str = "", processes: int = DEFAULT_PROCS) -> Path:
+    """`run` for a caller that already holds the cluster's lock (the test suite's smoke) and built the suite."""
     if not all(local.status(cluster).values()):
         local.up(cluster)
     missing = prepare_images(cluster)
@@ -123,6 +130,7 @@ def _run(cluster: Cluster, focus: str, skip: str, processes: int) -> Path:
 class Summary:
     counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     failures: list[tuple[str, str]] = field(default_factory=list)  # (spec text, first failure line)
+    passed: list[str] = field(default_factory=list)  # spec texts
     suite_failures: list[tuple[str, str]] = field(default_factory=list)  # BeforeSuite and the like
 
     @property
@@ -165,6 +173,8 @@ def summarize(reports: list[dict]) -> Summary:
             summary.counts[sig_of(text)][verdict] += 1
             if verdict == "failed":
                 summary.failures.append((text, first_line(spec.get("Failure"))))
+            elif verdict == "passed":
+                summary.passed.append(text)
     summary.failures.sort()
     return summary
 

@@ -41,6 +41,8 @@ def test_counts_per_sig_fold_ginkgo_states_into_passed_failed_skipped():
     assert dict(summary.counts["other"]) == {"failed": 1}
     assert summary.total == {"passed": 2, "failed": 3, "skipped": 2}
     assert summary.suite_failures == []  # a passed BeforeSuite is not a spec and not a failure
+    assert summary.passed == ["[sig-node] Pods should be submitted and removed [NodeConformance] [Conformance]",
+                              "[sig-network] DNS should provide DNS for the cluster [Conformance]"]
 
 
 def test_each_failure_keeps_its_spec_text_and_first_failure_line_with_location():
@@ -91,3 +93,11 @@ def test_the_suite_recipe_pins_the_same_kubernetes_as_the_control_plane_recipe()
     staging = dict(re.findall(r"^\s*(k8s\.io/\S+) => k8s\.io/\S+ (v\S+)", (UPSTREAM_DIR / "go.mod").read_text(), re.M))
     assert replaces == staging
     assert Path(UPSTREAM_DIR / "conformance" / "go.sum").stat().st_size > 0
+
+
+def test_an_exact_focus_escapes_what_re2_would_read_and_leaves_spaces():
+    focus = conformance.exact(["[sig-node] Pods should get a host IP [NodeConformance] [Conformance]",
+                               'Probing container should *not* be restarted with a exec "cat /tmp/health" probe'])
+    assert focus == (r'\[sig-node\] Pods should get a host IP \[NodeConformance\] \[Conformance\]|'
+                     r'Probing container should \*not\* be restarted with a exec "cat /tmp/health" probe')
+    assert re.fullmatch(focus, "[sig-node] Pods should get a host IP [NodeConformance] [Conformance]")

@@ -1,0 +1,62 @@
+"""A conformance smoke: upstream [Conformance] specs pynode passes, fast ones, run by the real e2e suite.
+
+`make conformance` is the measurement; this keeps what it found passing from regressing in CI. Each spec
+here takes well under a minute on one pynode node; the whole run (suite build cached) about three.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from localcluster import conformance
+
+pytestmark = pytest.mark.integration
+
+SPECS = [
+    "[sig-node] Pods should get a host IP [NodeConformance] [Conformance]",
+    "[sig-node] Pods should be updated [NodeConformance] [Conformance]",
+    "[sig-node] Pods should support remote command execution over websockets [NodeConformance] [Conformance]",
+    "[sig-node] Pods should support retrieving logs from the container over websockets [NodeConformance] "
+    "[Conformance]",
+    "[sig-node] Pods should contain environment variables for services [NodeConformance] [Conformance]",
+    "[sig-node] Kubelet when scheduling a busybox command in a pod should print the output to logs "
+    "[NodeConformance] [Conformance]",
+    "[sig-node] Kubelet when scheduling a busybox command that always fails in a pod should have an terminated "
+    "reason [NodeConformance] [Conformance]",
+    "[sig-node] Kubelet when scheduling a read only busybox container should not write to root filesystem "
+    "[LinuxOnly] [NodeConformance] [Conformance]",
+    "[sig-node] Kubelet when scheduling an agnhost Pod with hostAliases should write entries to /etc/hosts "
+    "[NodeConformance] [Conformance]",
+    "[sig-node] KubeletManagedEtcHosts should test kubelet managed /etc/hosts file [NodeConformance] [Conformance]",
+    "[sig-node] Container Runtime blackbox test on terminated container should report termination message from "
+    "log output if TerminationMessagePolicy FallbackToLogsOnError is set [NodeConformance] [Conformance]",
+    "[sig-node] Containers should be able to override the image's default command and arguments "
+    "[NodeConformance] [Conformance]",
+    "[sig-node] Downward API should provide pod name, namespace and IP address as env vars [NodeConformance] "
+    "[Conformance]",
+    "[sig-node] Downward API should provide container's limits.cpu/memory and requests.cpu/memory as env vars "
+    "[NodeConformance] [Conformance]",
+    "[sig-node] Secrets should be consumable from pods in env vars [NodeConformance] [Conformance]",
+    "[sig-node] Variable Expansion should allow composing env vars into new env vars [NodeConformance] "
+    "[Conformance]",
+    "[sig-node] Security Context should support pod.Spec.SecurityContext.RunAsUser And "
+    "pod.Spec.SecurityContext.RunAsGroup [LinuxOnly] [Conformance]",
+    "[sig-node] Sysctls [LinuxOnly] [NodeConformance] should support sysctls [Environment:NotInUserNS] "
+    "[Conformance]",
+    "[sig-node] InitContainer [NodeConformance] should invoke init containers on a RestartNever pod [Conformance]",
+    "[sig-node] InitContainer [NodeConformance] should not start app containers and fail the pod if init "
+    "containers fail on a RestartNever pod [Conformance]",
+    "[sig-node] Container Lifecycle Hook when create a pod with lifecycle hook should execute poststart http hook "
+    "properly [NodeConformance] [Conformance]",
+]
+
+
+def test_the_smoke_specs_pass_on_pynode_nodes(cluster):
+    conformance.build(cluster)
+    out = conformance.measure(cluster, conformance.exact(SPECS), processes=4)
+    summary = conformance.summarize(json.loads((out / "report.json").read_text()))
+    failed = "\n".join(f"{text}\n    {line}" for text, line in summary.failures)
+    assert not summary.failures, f"failed specs (ginkgo output in {out}):\n{failed}"
+    assert sorted(summary.passed) == sorted(SPECS)  # every one ran: a renamed spec is not silently dropped
