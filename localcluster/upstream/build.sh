@@ -11,19 +11,14 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$here/go.mod")
-[[ $version =~ ^v([0-9]+)\.([0-9]+)\.([0-9]+)$ ]] || { echo "build.sh: cannot read the k8s.io/kubernetes version from $here/go.mod" >&2; exit 1; }
-major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
-cache=${PYNODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pynode}
-bin=$cache/upstream/$version/bin
+# shellcheck source=kubernetes-env.sh
+source "$here/kubernetes-env.sh"
 
 if [[ ${1:-} == --bin-dir ]]; then echo "$bin"; exit 0; fi
 
 programs=("$@")
 [[ ${#programs[@]} -gt 0 ]] || programs=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 
-# The stamp ties each cached binary to the exact dependency set it was built from.
-stamp=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)  # content only, not the clone's path
 missing=()
 for p in "${programs[@]}"; do
   grep -qx "	k8s.io/kubernetes/cmd/$p" "$here/go.mod" || { echo "build.sh: unknown program '$p' (not a tool line in go.mod)" >&2; exit 2; }
@@ -33,14 +28,6 @@ done
 
 command -v go >/dev/null || { echo "build.sh: 'go' is not on PATH; it is needed to build ${missing[*]}" >&2; exit 1; }
 echo "building ${missing[*]} at Kubernetes $version into $bin (a cold build takes several minutes)" >&2
-
-pkg=k8s.io/component-base/version
-cgo=k8s.io/client-go/pkg/version
-ldflags="-s -w"
-for v in "$pkg" "$cgo"; do
-  ldflags+=" -X $v.gitVersion=$version -X $v.gitMajor=$major -X $v.gitMinor=$minor"
-  ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
-done
 
 tmp=$(mktemp -d "$cache/upstream/.build.XXXXXX" 2>/dev/null || { mkdir -p "$cache/upstream" && mktemp -d "$cache/upstream/.build.XXXXXX"; })
 trap 'rm -rf "$tmp"' EXIT

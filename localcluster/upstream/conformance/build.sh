@@ -12,11 +12,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-version=$(awk '$1 == "require" && $2 == "k8s.io/kubernetes" { print $3 }' "$here/go.mod")
-[[ $version =~ ^v([0-9]+)\.([0-9]+)\.([0-9]+)$ ]] || { echo "build.sh: cannot read the k8s.io/kubernetes version from $here/go.mod" >&2; exit 1; }
-major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
-cache=${PYNODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pynode}
-bin=$cache/upstream/$version/bin
+# shellcheck source=../kubernetes-env.sh
+source "$here/../kubernetes-env.sh"
 
 if [[ ${1:-} == --bin-dir ]]; then echo "$bin"; exit 0; fi
 
@@ -29,7 +26,6 @@ declare -A package=(
 programs=("$@")
 [[ ${#programs[@]} -gt 0 ]] || programs=(e2e.test ginkgo agnhost nnp)
 
-stamp=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)
 missing=()
 for p in "${programs[@]}"; do
   [[ -n ${package[$p]:-} ]] || { echo "build.sh: unknown program '$p' (one of: ${!package[*]})" >&2; exit 2; }
@@ -39,12 +35,6 @@ done
 
 command -v go >/dev/null || { echo "build.sh: 'go' is not on PATH; it is needed to build ${missing[*]}" >&2; exit 1; }
 echo "building ${missing[*]} at Kubernetes $version into $bin (e2e.test takes several minutes cold)" >&2
-
-ldflags="-s -w"
-for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $v.gitVersion=$version -X $v.gitMajor=$major -X $v.gitMinor=$minor"
-  ldflags+=" -X $v.gitTreeState=clean -X $v.buildDate=1970-01-01T00:00:00Z"
-done
 
 mkdir -p "$cache/upstream" "$bin"
 tmp=$(mktemp -d "$cache/upstream/.build.XXXXXX")
