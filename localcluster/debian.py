@@ -6,7 +6,9 @@ the host (a package that starts a server). `unpacked()` downloads one package wi
 apt from a private sources list and list directory (the host's apt configuration
 and state are left alone), unpacks it with `dpkg-deb -x` under
 `<cache>/debian/<release>/<package>_<version>/`, and returns that directory. A
-package already unpacked there is reused without any network access.
+package already unpacked there is reused without any network access. `source()`
+downloads a source package the same way (the upstream tarball and Debian's changes),
+for a program that must be built from upstream's code.
 """
 
 from __future__ import annotations
@@ -27,18 +29,22 @@ def _apt(root: Path, release: str, *args: str, cwd: Path | None = None) -> subpr
     return subprocess.run(["apt-get", "-q", *options, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+def _update(root: Path, release: str) -> None:
+    for sub in ("lists/partial", "apt-cache/archives/partial", "debs", "sources"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "sources.list").write_text(f"deb {MIRROR} {release} main\ndeb-src {MIRROR} {release} main\n")
+    update = _apt(root, release, "update")
+    if update.returncode != 0:
+        raise UpError(f"debian: `apt-get update` for {release} failed: {update.stderr.strip()[-400:]}")
+
+
 def unpacked(cluster: Cluster, release: str, package: str) -> Path:
     """The directory holding `package` from Debian `release` unpacked (downloaded on first use)."""
     root = cluster.cache / "debian" / release
     done = sorted(root.glob(f"{package}_*/.unpacked"))
     if done:
         return done[-1].parent
-    for sub in ("lists/partial", "apt-cache/archives/partial", "debs"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "sources.list").write_text(f"deb {MIRROR} {release} main\n")
-    update = _apt(root, release, "update")
-    if update.returncode != 0:
-        raise UpError(f"debian: `apt-get update` for {release} failed: {update.stderr.strip()[-400:]}")
+    _update(root, release)
     download = _apt(root, release, "download", package, cwd=root / "debs")
     debs = sorted((root / "debs").glob(f"{package}_*.deb"))
     if download.returncode != 0 or not debs:
@@ -50,3 +56,18 @@ def unpacked(cluster: Cluster, release: str, package: str) -> Path:
         raise UpError(f"debian: unpacking {debs[-1].name} failed: {proc.stderr.strip()}")
     (target / ".unpacked").write_text(debs[-1].name + "\n")
     return target
+
+
+def source(cluster: Cluster, release: str, package: str) -> Path:
+    """The upstream tarball of source package `package` in Debian `release` (downloaded on first use)."""
+    root = cluster.cache / "debian" / release
+    found = sorted((root / "sources").glob(f"{package}_*.orig.tar.*"))
+    if found:
+        return found[-1]
+    _update(root, release)
+    download = _apt(root, release, "source", "--download-only", package, cwd=root / "sources")
+    found = sorted((root / "sources").glob(f"{package}_*.orig.tar.*"))
+    if download.returncode != 0 or not found:
+        raise UpError(f"debian: downloading the source of {package} from {release} failed: "
+                      f"{download.stderr.strip()[-400:]}")
+    return found[-1]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import debian
+from . import busybox, debian
 from .procs import UpError
 from .settings import Cluster, metrics_server_version
 
@@ -201,23 +201,19 @@ def busybox_name(cluster: Cluster) -> str:
     return f"registry.k8s.io/e2e-test-images/busybox:{tag}"
 
 
-# Debian 12's busybox 1.35 segfaults on `wget -T`, which the e2e suite and users call; Debian 13's 1.37 is
-# the version upstream's busybox image carries, and its static binary runs on any release.
+# The fallback when busybox cannot be built here: Debian 13's static busybox 1.37 (Debian 12's 1.35
+# segfaults on `wget -T`), which drops environment names that are not identifiers.
 BUSYBOX_RELEASE = "trixie"
 
 
 def busybox_binary(cluster: Cluster) -> Path:
-    """Debian 13's static busybox from the cache (fetched once), else this host's with a warning."""
+    """Upstream's busybox built here (localcluster/busybox.py); failing that, Debian 13's, with a warning."""
     try:
-        return debian.unpacked(cluster, BUSYBOX_RELEASE, "busybox-static") / "usr/bin/busybox"
+        return busybox.built(cluster)
     except (UpError, OSError, subprocess.SubprocessError) as err:
-        host = shutil.which("busybox")
-        if not host:
-            raise UpError(f"images: no busybox: {err}; and /bin/busybox is missing (Debian package "
-                          "busybox-static)") from err
-        print(f"[localcluster] images: using this host's busybox, whose `wget -T` may crash ({err})",
+        print(f"[localcluster] images: using Debian's busybox, whose sh drops variables such as data-1 ({err})",
               file=sys.stderr, flush=True)
-        return Path(host)
+        return debian.unpacked(cluster, BUSYBOX_RELEASE, "busybox-static") / "usr/bin/busybox"
 
 
 def busybox_entries(cluster: Cluster, passwd: str = "", group: str = "") -> list[Entry]:
@@ -237,6 +233,23 @@ def busybox_entries(cluster: Cluster, passwd: str = "", group: str = "") -> list
         Entry("tmp", mode=0o1777), Entry("root", mode=0o700), Entry("home"), Entry("var/log"),
     ]
     return entries
+
+
+def host_program_entries(*programs: str) -> list[Entry]:
+    """This host's dynamically linked programs with every library `ldd` names (and the loader), at the same
+    paths: for tools with no static build in Debian (curl), which the e2e images carry."""
+    files: dict[str, Path] = {}
+    for program in programs:
+        path = shutil.which(program)
+        if not path:
+            raise UpError(f"images: {program} is missing on this host (see APT_PACKAGES in the Makefile)")
+        files[path] = Path(path)
+        ldd = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+        for line in ldd.splitlines():
+            match = re.search(r"(/\S+) \(0x", line)
+            if match:
+                files[match.group(1)] = Path(match.group(1))
+    return [Entry(name.lstrip("/"), source.resolve().read_bytes(), 0o755) for name, source in sorted(files.items())]
 
 
 def busybox_image(cluster: Cluster) -> Image:

@@ -36,3 +36,13 @@ def test_apt_is_pointed_at_a_private_sources_list_and_state(tmp_path, monkeypatc
     assert f"-oDir::Etc::SourceList={tmp_path / 'sources.list'}" in argv
     assert "-oDir::Etc::SourceParts=/dev/null" in argv
     assert f"-oDir::State::Lists={tmp_path / 'lists'}" in argv
+
+
+def test_a_downloaded_source_tarball_is_reused_without_running_apt(tmp_path, monkeypatch):
+    cluster = dataclasses.replace(settings.load(), cache=tmp_path)
+    sources = tmp_path / "debian" / "trixie" / "sources"
+    sources.mkdir(parents=True)
+    (sources / "busybox_1.37.0.orig.tar.bz2").write_bytes(b"")
+    (sources / "busybox_1.37.0-6.debian.tar.xz").write_bytes(b"")
+    monkeypatch.setattr(debian, "_apt", lambda *a, **k: (_ for _ in ()).throw(AssertionError("apt ran")))
+    assert debian.source(cluster, "trixie", "busybox") == sources / "busybox_1.37.0.orig.tar.bz2"

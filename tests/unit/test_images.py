@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
 import tarfile
 
-from localcluster.images import Entry, Image, build
+import pytest
+
+from localcluster.images import Entry, Image, build, host_program_entries
 
 
 def _image(data: bytes = b"#!/bin/sh\necho hi\n") -> Image:
@@ -54,3 +58,18 @@ def test_archive_is_a_valid_oci_layout_naming_every_tag(tmp_path):
     assert members["bin/tool"].mode == 0o755 and members["bin/tool"].mtime == 0
     assert members["bin/alias"].issym() and members["bin/alias"].linkname == "/bin/tool"
     assert members["tmp"].mode == 0o1777
+
+
+def test_a_host_program_runs_on_its_own_in_an_image_root(tmp_path):
+    entries = host_program_entries("curl")
+    assert "usr/bin/curl" in {e.path for e in entries} or "bin/curl" in {e.path for e in entries}
+    for entry in entries:
+        target = tmp_path / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(entry.data)
+        target.chmod(entry.mode)
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    program = next(e.path for e in entries if e.path.endswith("bin/curl"))
+    out = subprocess.run(["chroot", str(tmp_path), f"/{program}", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("curl "), out.stderr
