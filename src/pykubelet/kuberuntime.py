@@ -22,13 +22,14 @@ from . import dns, envvars, etchosts, logrotation, qos, runtime_config
 from .servicelinks import ServiceCache
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
-from .podstate import Container, PodRuntime
+from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime
 from .podstatus import Facts
 from .volumes import MountProblem, VolumeManager, pod_dir
 
 log = logs.get(__name__)
 
 DEFAULT_GRACE = 30
+MINIMUM_GRACE = 2  # seconds a container gets to stop however late its turn comes, as upstream
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
@@ -249,6 +250,10 @@ class RuntimeManager:
             config = runtime_config.container_config(pod, container, attempt=attempt, env=env, mounts=mounts,
                                                      image=image_ref, image_user=image_user,
                                                      node_memory_capacity=self.node_memory)
+            target = container.get("targetContainerName")
+            if target:  # an ephemeral container that shares the process namespace of the one it debugs
+                config.linux.security_context.namespace_options.pid = api.TARGET
+                config.linux.security_context.namespace_options.target_id = await self._running_id(pod, target)
         except envvars.ConfigProblem as err:
             self.events.record(pod, WARNING, "Failed", f"Error: {err}", container=name)
             raise ContainerProblem(err.reason, str(err)) from err
@@ -274,6 +279,16 @@ class RuntimeManager:
                 await self.kill_container(pod, container, container_id, "FailedPostStartHook", grace=0)
                 raise ContainerProblem("PostStartHookError", message)
         return container_id
+
+    async def _running_id(self, pod: dict, name: str) -> str:
+        """The id of the pod's running container `name`, for an ephemeral container's targetContainerName."""
+        response = await self.cri.list_containers(api.ListContainersRequest(filter=api.ContainerFilter(
+            label_selector={POD_UID: pod["metadata"]["uid"], CONTAINER_NAME: name},
+            state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))))
+        if not response.containers:
+            raise envvars.ConfigProblem("CreateContainerConfigError",
+                                        f"target container {name!r} of the ephemeral container is not running")
+        return response.containers[0].id
 
     async def run_hook(self, pod: dict, container: dict, container_id: str, hook: dict, pod_ips: list[str],
                        timeout: float) -> str | None:
@@ -301,8 +316,9 @@ class RuntimeManager:
         return f"unsupported lifecycle hook {sorted(hook)}"
 
     async def kill_container(self, pod: dict, container: dict | None, container_id: str, reason: str,
-                             grace: int | None = None) -> None:
-        """preStop hook (within the grace period), then StopContainer with what is left of it."""
+                             grace: int | None = None, pod_ips: list[str] | None = None) -> None:
+        """preStop hook (within the grace period; an httpGet one goes to `pod_ips`), then StopContainer with
+        what is left of it."""
         grace = grace_period(pod) if grace is None else grace
         name = container["name"] if container else "?"
         self.events.record(pod, NORMAL, "Killing", f"Stopping container {name}" if reason == "Stopping" else reason,
@@ -311,12 +327,13 @@ class RuntimeManager:
         hook = ((container or {}).get("lifecycle") or {}).get("preStop")
         if hook and grace > 0:
             try:
-                error = await asyncio.wait_for(self.run_hook(pod, container, container_id, hook, [], grace), grace)
+                error = await asyncio.wait_for(
+                    self.run_hook(pod, container, container_id, hook, pod_ips or [], grace), grace)
             except asyncio.TimeoutError:
                 error = f"PreStopHook did not finish within {grace}s"
             if error:
                 self.events.record(pod, WARNING, "FailedPreStopHook", f"PreStopHook failed: {error}", container=name)
-        remaining = max(int(grace - (time.monotonic() - started)), 2 if grace else 0)
+        remaining = max(int(grace - (time.monotonic() - started)), MINIMUM_GRACE if grace else 0)
         try:
             await self.cri.stop_container(api.StopContainerRequest(container_id=container_id, timeout=remaining))
         except CRIError as err:
@@ -462,7 +479,7 @@ class RuntimeManager:
                 if name in unhealthy or changed:
                     why = (f"Container {name} definition changed, will be restarted" if changed else
                            f"Container {name} failed liveness probe, will be restarted")
-                    await self.kill_container(pod, container, latest.id, why)
+                    await self.kill_container(pod, container, latest.id, why, pod_ips=pod_ips)
                     unhealthy.discard(name)
                     waits.append(0.0)
                 continue
@@ -477,6 +494,14 @@ class RuntimeManager:
                                      facts, latest, newest=rt.latest(name))
             if wait is not None:
                 waits.append(wait)
+
+        # Ephemeral containers (kubectl debug): each runs once in the running pod, never restarted.
+        for container in spec.get("ephemeralContainers", []):
+            if in_sandbox.latest(container["name"]) is None:
+                wait = await self._start(pod, container, in_sandbox, sandbox.id, sandbox_config, pod_ips, volumes,
+                                         facts, None, "ephemeral_container", newest=rt.latest(container["name"]))
+                if wait is not None:
+                    waits.append(wait)
         await self._prune(in_sandbox)
         token_refresh = self.volumes.next_refresh(pod["metadata"]["uid"])
         if token_refresh is not None:
@@ -508,10 +533,23 @@ class RuntimeManager:
                     logrotation.clean(path)  # its log and rotated files go with it, as upstream's
 
     async def kill_pod(self, pod: dict, rt: PodRuntime, grace: int | None = None) -> None:
-        """Stop every running container (in parallel, each with its preStop hook), then the sandboxes."""
-        specs = {c["name"]: c for c in pod["spec"].get("initContainers", []) + pod["spec"].get("containers", [])}
-        await asyncio.gather(*(self.kill_container(pod, specs.get(r.name), r.id, "Stopping", grace=grace)
-                               for r in rt.running))
+        """Stop every running container, then the sandboxes. As upstream: the regular containers first, in
+        parallel, each with its preStop hook; then the sidecars (restartable init containers) one at a time in
+        reverse order, with what is left of the grace period, so that they serve the others' preStop hooks."""
+        spec = pod["spec"]
+        specs = {c["name"]: c for c in spec.get("initContainers", []) + spec.get("containers", [])}
+        sidecars = [c["name"] for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
+        sandbox = rt.sandbox
+        pod_ips = [self.node_ip] if spec.get("hostNetwork") else (sandbox.ips if sandbox else [])
+        grace = grace_period(pod) if grace is None else grace
+        started = time.monotonic()
+        await asyncio.gather(*(self.kill_container(pod, specs.get(r.name), r.id, "Stopping", grace=grace,
+                                                   pod_ips=pod_ips)
+                               for r in rt.running if r.name not in sidecars))
+        for name in reversed(sidecars):
+            for record in [r for r in rt.running if r.name == name]:
+                left = max(int(grace - (time.monotonic() - started)), MINIMUM_GRACE if grace else 0)
+                await self.kill_container(pod, specs[name], record.id, "Stopping", grace=left, pod_ips=pod_ips)
         for sandbox in rt.sandboxes:
             if sandbox.state == api.SANDBOX_READY:
                 try:

@@ -211,4 +211,7 @@ def compute(pod: dict, rt: PodRuntime, facts: Facts) -> dict:
         status["podIPs"] = [{"ip": ip} for ip in pod_ips]
     if init_specs:
         status["initContainerStatuses"] = init_statuses
+    ephemeral = spec.get("ephemeralContainers") or []
+    if ephemeral:  # not part of the pod's phase or readiness; never Ready, as upstream reports them
+        status["ephemeralContainerStatuses"] = [{**container_status(c, rt, facts), "ready": False} for c in ephemeral]
     return status

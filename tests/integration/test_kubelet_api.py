@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pty
 import re
@@ -205,3 +206,23 @@ def test_metrics_and_probe_metrics_count_what_the_kubelet_did(admin, cluster, no
         time.sleep(1)
     assert _total(samples, "prober_probe_total", **labels) > 0, text[:2000]
     assert _total(samples, "prober_probe_duration_seconds_count", namespace=namespace, pod="probed") > 0
+
+
+def test_an_ephemeral_container_runs_in_the_pod_and_serves_exec_and_logs(admin, cluster, node, namespace):
+    admin.create(make_pod(node, namespace, "debuggee", [container(command=["sleep", "3600"])]))
+    wait_pod(admin, namespace, "debuggee", lambda p: p.status.phase == "Running", what="Running")
+    debugger = {"name": "debugger", "image": BUSYBOX, "targetContainerName": "main",
+                "command": ["sh", "-c", "while true; do echo polo; sleep 1; done"]}
+    patched = kubectl(cluster, "-n", namespace, "patch", "pod", "debuggee", "--subresource=ephemeralcontainers",
+                      "--type=strategic", "-p", json.dumps({"spec": {"ephemeralContainers": [debugger]}}))
+    assert patched.returncode == 0, patched.stderr
+    pod = wait_pod(admin, namespace, "debuggee", lambda p: bool(p.status.ephemeralContainerStatuses)
+                   and p.status.ephemeralContainerStatuses[0].state.running is not None, what="debugger running")
+    assert [c.name for c in pod.status.containerStatuses] == ["main"]
+    out = kubectl(cluster, "-n", namespace, "exec", "debuggee", "-c", "debugger", "--", "echo", "marco")
+    assert out.returncode == 0 and out.stdout == "marco\n", out.stderr
+    # targetContainerName: the debugger sees the target's processes.
+    ps = kubectl(cluster, "-n", namespace, "exec", "debuggee", "-c", "debugger", "--", "ps", "-o", "args")
+    assert "sleep 3600" in ps.stdout, ps
+    logs = kubectl(cluster, "-n", namespace, "logs", "debuggee", "-c", "debugger")
+    assert "polo" in logs.stdout, logs.stderr

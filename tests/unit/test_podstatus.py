@@ -131,3 +131,15 @@ def test_readiness_gates_hold_ready_and_conditions_of_others_are_kept():
     p["status"]["conditions"].append({"type": "example.com/dns", "status": "True", "lastTransitionTime": "T2"})
     s = status(p, [record("main", api.CONTAINER_RUNNING)])
     assert {c["type"]: c["status"] for c in s["conditions"]}["Ready"] == "True"
+
+
+def test_ephemeral_containers_have_statuses_of_their_own_outside_readiness():
+    p = pod()
+    p["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "img"}]
+    s = status(p, [record("main", api.CONTAINER_RUNNING)])
+    assert s["ephemeralContainerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    assert {c["type"]: c["status"] for c in s["conditions"]}["Ready"] == "True"
+    s = status(p, [record("main", api.CONTAINER_RUNNING), record("debugger", api.CONTAINER_RUNNING)])
+    debugger = s["ephemeralContainerStatuses"][0]
+    assert "running" in debugger["state"] and debugger["ready"] is False
+    assert [c["name"] for c in s["containerStatuses"]] == ["main"]

@@ -1,4 +1,5 @@
-"""The pod worker's step when a pod's sandbox is gone (a reboot, a killed runtime) and a new one is up."""
+"""The runtime manager's steps around a sandbox: starting containers in a recreated one (after a reboot,
+a killed runtime) and stopping a pod in upstream's order."""
 
 from __future__ import annotations
 
@@ -61,3 +62,41 @@ def test_containers_in_a_recreated_sandbox_follow_the_attempts_left_in_the_old_o
     rt.containers.insert(0, Container(**{**_container("init", 1, "new").__dict__, "exit_code": 0}))
     asyncio.run(manager.sync(pod, rt, Facts(node_ip="10.0.0.2"), set()))
     assert started[-1] == ("web", "new", 4)
+
+
+def test_a_pod_is_stopped_regular_containers_first_then_sidecars_in_reverse_with_the_pod_ip():
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+           "spec": {"terminationGracePeriodSeconds": 10,
+                    "initContainers": [{"name": "proxy", "restartPolicy": "Always"},
+                                       {"name": "logger", "restartPolicy": "Always"}],
+                    "containers": [{"name": "a"}, {"name": "b"}]}}
+    sandbox = Sandbox(id="sb", attempt=0, state=api.SANDBOX_NOTREADY, created_at=1, ips=["10.222.1.7"])
+    running = [Container(**{**_container(n, 0, "sb").__dict__, "state": api.CONTAINER_RUNNING})
+               for n in ("proxy", "logger", "a", "b")]
+    stopped: list = []
+    manager = _manager([])
+
+    async def kill_container(pod, container, container_id, reason, grace=None, pod_ips=None):
+        await asyncio.sleep(0.01)
+        stopped.append((container["name"], pod_ips))
+
+    manager.kill_container = kill_container
+    asyncio.run(manager.kill_pod(pod, PodRuntime(sandboxes=[sandbox], containers=running)))
+    assert sorted(stopped[:2]) == [("a", ["10.222.1.7"]), ("b", ["10.222.1.7"])]
+    assert stopped[2:] == [("logger", ["10.222.1.7"]), ("proxy", ["10.222.1.7"])]
+
+
+def test_an_ephemeral_container_starts_once_in_the_running_pod():
+    pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+           "spec": {"containers": [{"name": "web", "image": "busybox"}],
+                    "ephemeralContainers": [{"name": "debugger", "image": "busybox"}]}}
+    sandbox = Sandbox(id="sb", attempt=0, state=api.SANDBOX_READY, created_at=1, ips=["10.222.1.9"])
+    web = Container(**{**_container("web", 0, "sb").__dict__, "state": api.CONTAINER_RUNNING})
+    started: list = []
+    manager = _manager(started)
+    asyncio.run(manager.sync(pod, PodRuntime(sandboxes=[sandbox], containers=[web]), Facts(node_ip="10.0.0.2"), set()))
+    assert started == [("debugger", "sb", 0)]
+    exited = _container("debugger", 0, "sb")  # it ran and exited: it stays exited
+    asyncio.run(manager.sync(pod, PodRuntime(sandboxes=[sandbox], containers=[exited, web]),
+                             Facts(node_ip="10.0.0.2"), set()))
+    assert started == [("debugger", "sb", 0)]
