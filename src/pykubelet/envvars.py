@@ -55,7 +55,8 @@ def _problem(message: str) -> ConfigProblem:
 
 # --- $(VAR) expansion ---------------------------------------------------------------------------
 
-def _expand(text: str, lookup: Callable[[str], str | None]) -> str:
+def expand_with(text: str, lookup: Callable[[str], str | None]) -> str:
+    """Expand `$(VAR)` references with `lookup` (None: the reference stays as written); see `expand`."""
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -87,10 +88,8 @@ def _expand(text: str, lookup: Callable[[str], str | None]) -> str:
 def expand(text: str, env: Mapping[str, str]) -> str:
     """Expand ``$(VAR)`` references in ``text`` from ``env`` as upstream does for command,
     args and env values: ``$$`` is a literal ``$``, unknown references stay as written."""
-    return _expand(text, env.get)
+    return expand_with(text, env.get)
 
-
-# --- service links ------------------------------------------------------------------------------
 
 # --- downward API -------------------------------------------------------------------------------
 
@@ -270,7 +269,7 @@ async def container_env(
         value = var.get("value") or ""
         source = var.get("valueFrom")
         if value:
-            value = _expand(value, lookup)
+            value = expand_with(value, lookup)
         elif source:
             if "fieldRef" in source:
                 value = field_value(pod, source["fieldRef"], node_name=node_name, node_ip=node_ip,

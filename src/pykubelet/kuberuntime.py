@@ -18,7 +18,7 @@ from cri import CRIClient, CRIError, NotFound, api
 
 from nodeagent import logs
 
-from . import dns, envvars, etchosts, logrotation, qos, runtime_config
+from . import dns, envvars, etchosts, logrotation, qos, runtime_config, subpaths
 from .servicelinks import ServiceCache
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
@@ -210,16 +210,16 @@ class RuntimeManager:
         return self.services.env(pod["metadata"].get("namespace", ""), enable)
 
     def _mounts(self, pod: dict, container: dict, volumes: dict, message_file: Path,
-                pod_ips: list[str]) -> list[api.Mount]:
+                pod_ips: list[str], env: dict[str, str]) -> list[api.Mount]:
         mounts = []
         for vm in container.get("volumeMounts", []):
             prepared = volumes.get(vm["name"])
             if prepared is None:
                 raise ContainerProblem("CreateContainerConfigError", f'cannot find volume "{vm["name"]}" to mount '
                                        f'into container "{container["name"]}"')
-            host = prepared.host_path / vm["subPath"] if vm.get("subPath") else prepared.host_path
-            if vm.get("subPath"):
-                host.mkdir(parents=True, exist_ok=True) if not host.exists() else None
+            sub = subpaths.subpath(vm, env)
+            host = subpaths.prepare(prepared.host_path, sub, vm["name"], container["name"]) if sub else \
+                prepared.host_path
             mounts.append(api.Mount(container_path=vm["mountPath"], host_path=str(host),
                                     readonly=bool(vm.get("readOnly") or prepared.read_only)))
         path = container.get("terminationMessagePath", "/dev/termination-log")
@@ -246,7 +246,8 @@ class RuntimeManager:
         image_ref, image_user = await self.ensure_image(pod, container)
         try:
             env = await self._env(pod, container, pod_ips)
-            mounts = self._mounts(pod, container, volumes, self._message_file(pod, container, attempt), pod_ips)
+            mounts = self._mounts(pod, container, volumes, self._message_file(pod, container, attempt), pod_ips,
+                                  dict(env))
             config = runtime_config.container_config(pod, container, attempt=attempt, env=env, mounts=mounts,
                                                      image=image_ref, image_user=image_user,
                                                      node_memory_capacity=self.node_memory)

@@ -402,3 +402,22 @@ def test_host_port_reaches_the_pod(admin, node, namespace):
     result = subprocess.run(["nsenter", f"--net=/run/netns/{node.netns}", sys.executable, "-c", fetch],
                             capture_output=True, text=True, timeout=30)
     assert result.stdout.strip() == "via-host-port", result.stderr
+
+
+def test_subpath_expr_expands_from_the_env_and_a_bad_one_waits_with_upstreams_reason(admin, node, namespace):
+    env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    mounts = [{"name": "work", "mountPath": "/logs", "subPathExpr": "logs/$(POD_NAME)"},
+              {"name": "work", "mountPath": "/all"}]
+    script = "touch /logs/written && ls /all/logs > /dev/termination-log && test -f /all/logs/subpaths/written"
+    admin.create(make_pod(node, namespace, "subpaths", [container(command=["sh", "-c", script], env=env,
+                                                                  volumeMounts=mounts)],
+                          restartPolicy="Never", volumes=[{"name": "work", "emptyDir": {}}]))
+    done = wait_pod(admin, namespace, "subpaths", lambda p: p.status.phase in ("Succeeded", "Failed"), what="done")
+    assert done.status.phase == "Succeeded" and state(done).terminated.message.split() == ["subpaths"]
+
+    bad = [{"name": "UP", "value": ".."}]
+    admin.create(make_pod(node, namespace, "badsubpath", [container(env=bad, volumeMounts=[
+        {"name": "work", "mountPath": "/x", "subPathExpr": "$(UP)"}])], volumes=[{"name": "work", "emptyDir": {}}]))
+    pod = wait_pod(admin, namespace, "badsubpath", lambda p: state(p) is not None and state(p).waiting is not None
+                   and state(p).waiting.reason == "CreateContainerConfigError", what="CreateContainerConfigError")
+    assert state(pod).waiting.message == "unable to provision SubPath `..`: must not contain '..'"
