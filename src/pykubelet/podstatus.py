@@ -72,8 +72,8 @@ def container_status(spec: dict, rt: PodRuntime, facts: Facts, *, not_started: s
             status["state"] = _terminated(latest, facts)
             if previous is not None and previous.state == api.CONTAINER_EXITED:
                 status["lastState"] = _terminated(previous, facts)
-    else:
-        status["state"] = {"waiting": {"reason": reason if name in facts.waiting else "ContainerCreating"}}
+    else:  # created, not started yet: still the pod's default waiting reason (upstream's is empty, briefly)
+        status["state"] = {"waiting": {"reason": reason if name in facts.waiting else not_started}}
     return status
 
 

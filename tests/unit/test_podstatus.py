@@ -85,6 +85,8 @@ def test_init_containers_not_created_yet_show_pod_initializing_and_completed_one
     assert [c["ready"] for c in s["initContainerStatuses"]] == [True, True]
     assert s["containerStatuses"][0]["state"]["waiting"]["reason"] == "PodInitializing"
     assert status(pod(), [])["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
+    created = status(pod(inits=("first",)), [record("first", api.CONTAINER_CREATED)])
+    assert created["initContainerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
 
 
 def test_readiness_and_transition_times():
