@@ -39,6 +39,12 @@ def agnhost_name(cluster: Cluster) -> str:
     return f"{E2E_REGISTRY}/agnhost:{_version_of(cluster, 'Agnhost', 'agnhost')}"
 
 
+def agnhost_prev_name(cluster: Cluster) -> str:
+    """The previous agnhost (AgnhostPrev), which specs use only as a second, different image name; it is
+    the same build here."""
+    return f"{E2E_REGISTRY}/agnhost:{_version_of(cluster, 'AgnhostPrev', 'agnhost')}"
+
+
 def agnhost_image(cluster: Cluster) -> Image:
     """agnhost as its Dockerfile makes it: /agnhost (and the agnhost-2 link), porter's localhost certificate,
     /uploads, the image's own user and group, curl (the lifecycle hook specs run it), ENTRYPOINT /agnhost with
@@ -55,7 +61,8 @@ def agnhost_image(cluster: Cluster) -> Image:
         Entry("uploads"), Entry("home/user-defined-in-image"),
     ]
     entries += images.host_program_entries("curl")
-    return Image(names=[agnhost_name(cluster)], entries=entries, entrypoint=["/agnhost"], cmd=["pause"])
+    return Image(names=[agnhost_name(cluster), agnhost_prev_name(cluster)], entries=entries,
+                 entrypoint=["/agnhost"], cmd=["pause"])
 
 
 def _built(cluster: Cluster, program: str) -> bytes:
