@@ -117,7 +117,8 @@ def measure(cluster: Cluster, focus: str, skip: str = "", processes: int = DEFAU
     if not report.is_file():
         raise UpError(f"conformance: ginkgo (exit {proc.returncode}) wrote no report; see {out / 'ginkgo.log'}")
     summary = summarize(json.loads(report.read_text()))
-    text = format_summary(summary, title=f"focus `{focus}`" + (f", skip `{skip}`" if skip else ""),
+    shown = focus if len(focus) <= 120 else focus[:117] + "..."
+    text = format_summary(summary, title=f"focus `{shown}`" + (f", skip `{skip}`" if skip else ""),
                           elapsed=elapsed, missing_images=missing)
     (out / "summary.md").write_text(text)
     print(text)
