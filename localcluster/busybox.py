@@ -34,6 +34,12 @@ def _configure(config: Path) -> None:
     config.write_text(text)
 
 
+def _make(src: Path, version: str, *args: str) -> None:
+    proc = subprocess.run(["make", *args], cwd=src, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise UpError(f"busybox {version}: `make {' '.join(args)}` failed: {proc.stderr.strip()[-600:]}")
+
+
 def built(cluster: Cluster) -> Path:
     """The static busybox built from upstream's release tarball (built on first use, then cached)."""
     tarball = debian.source(cluster, SOURCE_RELEASE, "busybox")
@@ -45,13 +51,9 @@ def built(cluster: Cluster) -> Path:
         with tarfile.open(tarball) as archive:
             archive.extractall(tmp, filter="tar")
         src = next(Path(tmp).iterdir())
-        steps = [["make", "defconfig"], ["make", f"-j{os.cpu_count() or 1}", "busybox"]]
-        for i, step in enumerate(steps):
-            proc = subprocess.run(step, cwd=src, capture_output=True, text=True, timeout=1800)
-            if proc.returncode != 0:
-                raise UpError(f"busybox {version}: `{' '.join(step)}` failed: {proc.stderr.strip()[-600:]}")
-            if i == 0:
-                _configure(src / ".config")
+        _make(src, version, "defconfig")
+        _configure(src / ".config")
+        _make(src, version, f"-j{os.cpu_count() or 1}", "busybox")
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / "busybox", out.with_suffix(".tmp"))
         out.with_suffix(".tmp").rename(out)

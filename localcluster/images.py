@@ -253,7 +253,7 @@ def host_program_entries(*programs: str) -> list[Entry]:
 
 
 def busybox_image(cluster: Cluster) -> Image:
-    """Debian's busybox-static under the name the e2e tests use."""
+    """The image busybox (busybox_binary) under the name the e2e tests use."""
     return Image(names=[busybox_name(cluster), "docker.io/library/busybox:latest"],
                  entries=busybox_entries(cluster), cmd=["sh"])
 

@@ -49,7 +49,8 @@ def describe_pod(pod: Mapping) -> str:
     return f"{meta.get('name', '')}_{meta.get('namespace', '')}({meta.get('uid', '')})"
 
 
-def _problem(message: str) -> ConfigProblem:
+def config_problem(message: str) -> ConfigProblem:
+    """A problem the container waits on in CreateContainerConfigError."""
     return ConfigProblem(CREATE_CONTAINER_CONFIG_ERROR, message)
 
 
@@ -114,16 +115,16 @@ def field_value(pod: Mapping, field_ref: Mapping, *, node_name: str, node_ip: st
     version = field_ref.get("apiVersion") or "v1"
     path = field_ref.get("fieldPath", "")
     if version != "v1":
-        raise _problem(f"unsupported pod version: {version}")
+        raise config_problem(f"unsupported pod version: {version}")
     meta = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
     match = re.fullmatch(r"(.+?)\['(.*)'\]", path)
     if match:
         base, key = match.groups()
         if base not in ("metadata.labels", "metadata.annotations"):
-            raise _problem(f"field label does not support subscript: {path}")
+            raise config_problem(f"field label does not support subscript: {path}")
         if not _qualified(key.lower() if base == "metadata.annotations" else key):
-            raise _problem(f"invalid key subscript in {path}: not a qualified name")
+            raise config_problem(f"invalid key subscript in {path}: not a qualified name")
         return (meta.get(base.split(".")[1]) or {}).get(key, "")
     hosts = list(host_ips) or ([node_ip] if node_ip else [])
     values = {
@@ -143,8 +144,8 @@ def field_value(pod: Mapping, field_ref: Mapping, *, node_name: str, node_ip: st
     if path in values:
         return values[path]()
     if path in ("spec.restartPolicy", "spec.schedulerName", "status.phase"):
-        raise _problem(f"unsupported fieldPath: {path}")
-    raise _problem(f"field label not supported: {path}")
+        raise config_problem(f"unsupported fieldPath: {path}")
+    raise config_problem(f"field label not supported: {path}")
 
 
 def resource_value(pod: Mapping, container: Mapping, ref: Mapping, node_allocatable: Mapping[str, str]) -> str:
@@ -156,7 +157,7 @@ def resource_value(pod: Mapping, container: Mapping, ref: Mapping, node_allocata
         found = [c for c in [*(spec.get("containers") or []), *(spec.get("initContainers") or [])]
                  if c.get("name") == name]
         if not found:
-            raise _problem(f"container {name} not found")
+            raise config_problem(f"container {name} not found")
         container = found[0]
     resource = ref.get("resource", "")
     divisor = qos.quantity(ref.get("divisor") or 0)
@@ -174,7 +175,7 @@ def resource_value(pod: Mapping, container: Mapping, ref: Mapping, node_allocata
     kind, _, res = resource.partition(".")
     if kind not in ("limits", "requests") or not (res in ("cpu", "memory", "ephemeral-storage")
                                                   or res.startswith("hugepages-")):
-        raise _problem(f"unsupported container resource : {resource}")
+        raise config_problem(f"unsupported container resource : {resource}")
     amount = (limits if kind == "limits" else requests).get(res, Fraction(0))
     if res == "cpu":  # in millicores, the others in whole units; rounded up
         return str(math.ceil(Fraction(qos.milli_value(amount), qos.milli_value(divisor))))
@@ -198,7 +199,7 @@ class _Sources:
             self._cache[(kind, name)] = None if obj is None else _decode(kind, obj)
         data = self._cache[(kind, name)]
         if data is None and not optional:
-            raise _problem(f'{kind} "{name}" not found')
+            raise config_problem(f'{kind} "{name}" not found')
         return data
 
 
@@ -278,7 +279,7 @@ async def container_env(
                 value = resource_value(pod, container, source["resourceFieldRef"], node_allocatable or {})
             elif "fileKeyRef" in source:  # EnvFiles: needs the pod's volumes, not supported yet
                 volume = source["fileKeyRef"].get("volumeName", "")
-                raise _problem(f'cannot find the volume "{volume}" referenced by FileKeyRef')
+                raise config_problem(f'cannot find the volume "{volume}" referenced by FileKeyRef')
             elif "configMapKeyRef" in source or "secretKeyRef" in source:
                 kind, ref = (("configmap", source["configMapKeyRef"]) if "configMapKeyRef" in source
                              else ("secret", source["secretKeyRef"]))
@@ -290,7 +291,7 @@ async def container_env(
                 if key not in data:
                     if optional:
                         continue
-                    raise _problem(f"couldn't find key {key} in {_KIND_TITLE[kind]} {namespace}/{ref.get('name', '')}")
+                    raise config_problem(f"couldn't find key {key} in {_KIND_TITLE[kind]} {namespace}/{ref.get('name', '')}")
                 value = data[key]
         env.pop(name, None)
         env[name] = value

@@ -204,8 +204,7 @@ class RuntimeManager:
         if self.services is None:
             return {}
         if not self.services.synced:
-            raise envvars.ConfigProblem(envvars.CREATE_CONTAINER_CONFIG_ERROR, "services have not yet been read at "
-                                        "least once, cannot construct envvars")
+            raise envvars.config_problem("services have not yet been read at least once, cannot construct envvars")
         enable = (pod.get("spec") or {}).get("enableServiceLinks") is not False
         return self.services.env(pod["metadata"].get("namespace", ""), enable)
 
@@ -287,8 +286,7 @@ class RuntimeManager:
             label_selector={POD_UID: pod["metadata"]["uid"], CONTAINER_NAME: name},
             state=api.ContainerStateValue(state=api.CONTAINER_RUNNING))))
         if not response.containers:
-            raise envvars.ConfigProblem("CreateContainerConfigError",
-                                        f"target container {name!r} of the ephemeral container is not running")
+            raise envvars.config_problem(f"target container {name!r} of the ephemeral container is not running")
         return response.containers[0].id
 
     async def run_hook(self, pod: dict, container: dict, container_id: str, hook: dict, pod_ips: list[str],

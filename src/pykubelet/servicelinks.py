@@ -45,9 +45,14 @@ def _host_port(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
+def has_ip(service: Service) -> bool:
+    """Headless and ExternalName Services (no cluster IP) give no variables."""
+    return service.cluster_ip not in ("", "None")
+
+
 def variables(service: Service) -> dict[str, str]:
     """The variables of one Service, as upstream's envvars.FromServices names them."""
-    if service.cluster_ip in ("", "None") or not service.ports:
+    if not has_ip(service) or not service.ports:
         return {}
     prefix = _variable(service.name)
     env = {f"{prefix}_SERVICE_HOST": service.cluster_ip, f"{prefix}_SERVICE_PORT": str(service.ports[0].port)}
@@ -65,33 +70,34 @@ def variables(service: Service) -> dict[str, str]:
 
 
 class ServiceCache:
-    """Subscriber of a ListWatch of /api/v1/services."""
+    """Subscriber of a ListWatch of /api/v1/services, indexed by namespace: a container start reads one
+    namespace's Services, not the cluster's."""
 
     def __init__(self) -> None:
-        self.services: dict[tuple[str, str], Service] = {}
+        self.namespaces: dict[str, dict[str, Service]] = {}
         self.synced = False
 
     def replace(self, services: list[Service]) -> None:
-        self.services = {(s.namespace, s.name): s for s in services}
+        self.namespaces = {}
+        for service in services:
+            self.update(service)
         self.synced = True
 
     def update(self, service: Service) -> None:
-        self.services[(service.namespace, service.name)] = service
+        self.namespaces.setdefault(service.namespace, {})[service.name] = service
 
     def remove(self, service: Service) -> None:
-        self.services.pop((service.namespace, service.name), None)
+        names = self.namespaces.get(service.namespace, {})
+        names.pop(service.name, None)
+        if not names:
+            self.namespaces.pop(service.namespace, None)
 
     def env(self, namespace: str, enable_links: bool) -> dict[str, str]:
         """The variables a pod in `namespace` gets; an empty dict before the first list."""
-        chosen: dict[str, Service] = {}
-        for name in MASTER_SERVICES:
-            master = self.services.get((MASTER_NAMESPACE, name))
-            if master is not None and master.cluster_ip not in ("", "None"):
-                chosen[name] = master
+        master = self.namespaces.get(MASTER_NAMESPACE, {})
+        chosen = {name: master[name] for name in MASTER_SERVICES if name in master and has_ip(master[name])}
         if enable_links:
-            for (ns, name), service in self.services.items():
-                if ns == namespace and service.cluster_ip not in ("", "None"):
-                    chosen[name] = service
+            chosen.update({name: s for name, s in self.namespaces.get(namespace, {}).items() if has_ip(s)})
         env: dict[str, str] = {}
         for service in chosen.values():
             env.update(variables(service))

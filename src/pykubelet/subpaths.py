@@ -13,11 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .envvars import CREATE_CONTAINER_CONFIG_ERROR, ConfigProblem, expand_with
-
-
-def _problem(message: str) -> ConfigProblem:
-    return ConfigProblem(CREATE_CONTAINER_CONFIG_ERROR, message)
+from .envvars import config_problem, expand_with
 
 
 def subpath(mount: Mapping, env: Mapping[str, str]) -> str:
@@ -35,12 +31,12 @@ def subpath(mount: Mapping, env: Mapping[str, str]) -> str:
 
         path = expand_with(expression, lookup)
         if missing:
-            raise _problem(f"missing value for {', '.join(sorted(missing))}")
+            raise config_problem(f"missing value for {', '.join(sorted(missing))}")
     if path:
         if path.startswith("/"):
-            raise _problem(f"error SubPath `{path}` must not be an absolute path")
+            raise config_problem(f"error SubPath `{path}` must not be an absolute path")
         if ".." in path.split("/"):
-            raise _problem(f"unable to provision SubPath `{path}`: must not contain '..'")
+            raise config_problem(f"unable to provision SubPath `{path}`: must not contain '..'")
     return path
 
 
@@ -50,7 +46,7 @@ def prepare(volume_path: Path, path: str, mount_name: str, container_name: str) 
     volume = Path(os.path.realpath(volume_path))
     target = Path(os.path.realpath(volume / path))
     if target != volume and volume not in target.parents:
-        raise _problem(f'failed to prepare subPath for volumeMount "{mount_name}" of container "{container_name}"')
+        raise config_problem(f'failed to prepare subPath for volumeMount "{mount_name}" of container "{container_name}"')
     if not target.exists():
         mode = volume.stat().st_mode & 0o7777
         target.mkdir(parents=True)
