@@ -536,7 +536,8 @@ class RuntimeManager:
         parallel, each with its preStop hook; then the sidecars (restartable init containers) one at a time in
         reverse order, with what is left of the grace period, so that they serve the others' preStop hooks."""
         spec = pod["spec"]
-        specs = {c["name"]: c for c in spec.get("initContainers", []) + spec.get("containers", [])}
+        specs = {c["name"]: c for key in ("initContainers", "containers", "ephemeralContainers")
+                 for c in spec.get(key, [])}
         sidecars = [c["name"] for c in spec.get("initContainers", []) if c.get("restartPolicy") == "Always"]
         sandbox = rt.sandbox
         pod_ips = [self.node_ip] if spec.get("hostNetwork") else (sandbox.ips if sandbox else [])

@@ -69,10 +69,10 @@ def test_a_pod_is_stopped_regular_containers_first_then_sidecars_in_reverse_with
            "spec": {"terminationGracePeriodSeconds": 10,
                     "initContainers": [{"name": "proxy", "restartPolicy": "Always"},
                                        {"name": "logger", "restartPolicy": "Always"}],
-                    "containers": [{"name": "a"}, {"name": "b"}]}}
+                    "containers": [{"name": "a"}, {"name": "b"}], "ephemeralContainers": [{"name": "debug"}]}}
     sandbox = Sandbox(id="sb", attempt=0, state=api.SANDBOX_NOTREADY, created_at=1, ips=["10.222.1.7"])
     running = [Container(**{**_container(n, 0, "sb").__dict__, "state": api.CONTAINER_RUNNING})
-               for n in ("proxy", "logger", "a", "b")]
+               for n in ("proxy", "logger", "a", "b", "debug")]
     stopped: list = []
     manager = _manager([])
 
@@ -82,8 +82,8 @@ def test_a_pod_is_stopped_regular_containers_first_then_sidecars_in_reverse_with
 
     manager.kill_container = kill_container
     asyncio.run(manager.kill_pod(pod, PodRuntime(sandboxes=[sandbox], containers=running)))
-    assert sorted(stopped[:2]) == [("a", ["10.222.1.7"]), ("b", ["10.222.1.7"])]
-    assert stopped[2:] == [("logger", ["10.222.1.7"]), ("proxy", ["10.222.1.7"])]
+    assert sorted(stopped[:3]) == [("a", ["10.222.1.7"]), ("b", ["10.222.1.7"]), ("debug", ["10.222.1.7"])]
+    assert stopped[3:] == [("logger", ["10.222.1.7"]), ("proxy", ["10.222.1.7"])]
 
 
 def test_an_ephemeral_container_starts_once_in_the_running_pod():
