@@ -18,13 +18,13 @@ from cri import CRIClient, CRIError, NotFound, api
 
 from nodeagent import logs
 
-from . import dns, envvars, etchosts, logrotation, qos, runtime_config, subpaths
+from . import dns, envvars, etchosts, logrotation, qos, runtime_config
 from .servicelinks import ServiceCache
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime
 from .podstatus import Facts
-from .volumes import MountProblem, VolumeManager, pod_dir
+from .volumes import MountProblem, VolumeManager, pod_dir, subpaths
 
 log = logs.get(__name__)
 

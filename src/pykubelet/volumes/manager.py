@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodeagent import logs
-from .apiclient import Api
+from ..apiclient import Api
 
 log = logs.get(__name__)
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .envvars import config_problem, expand_with
+from ..envvars import config_problem, expand_with
 
 
 def subpath(mount: Mapping, env: Mapping[str, str]) -> str:
