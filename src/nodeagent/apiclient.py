@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx2
 from lightkube import AsyncClient, KubeConfig
+from lightkube.config import client_adapter
 
 from . import logs
 
@@ -61,6 +62,7 @@ class Api:
         self.field_manager = field_manager
         self.observe = observe
         self.client = self._connect()
+        self._watch_client: AsyncClient | None = None
 
     def _connect(self) -> AsyncClient:
         config = KubeConfig.from_file(str(self.kubeconfig)) if self.kubeconfig else KubeConfig.from_env()
@@ -78,11 +80,36 @@ class Api:
     async def reload(self) -> None:
         """Reconnect with the kubeconfig's current credentials."""
         old, self.client = self.client, self._connect()
+        old_watch, self._watch_client = self._watch_client, None
         await old.close()
+        if old_watch is not None:
+            await old_watch.close()
         log.info("Reloaded API credentials", kubeconfig=self.kubeconfig)
 
     async def close(self) -> None:
         await self.client.close()
+        if self._watch_client is not None:
+            await self._watch_client.close()
+
+    @property
+    def watch_http(self) -> httpx2.AsyncClient:
+        """A second client, for many long watches (the kubelet's, one per ConfigMap and Secret its pods mount).
+
+        Each watch holds a connection: HTTP/2 would share one, but httpx's HTTP/2 stalled every request of
+        the connection after a while here. So they get a pool of their own with no limit, where they can
+        never starve the requests on `http` (lease, status, events) of the 100 connections it allows.
+        """
+        if self._watch_client is None:
+            config = KubeConfig.from_file(str(self.kubeconfig)) if self.kubeconfig else KubeConfig.from_env()
+            single = config.get()
+            tls = client_adapter.verify_cluster(single.cluster, single.user, single.abs_file)
+            transport = httpx2.AsyncHTTPTransport(
+                verify=tls, limits=httpx2.Limits(max_connections=None, max_keepalive_connections=0))
+            self._watch_client = AsyncClient(config=config, field_manager=self.field_manager,
+                                             timeout=httpx2.Timeout(REQUEST_TIMEOUT),
+                                             transport=transport if self.observe is None else
+                                             ObservedTransport(transport, self.observe))
+        return self._watch_client._client._client
 
     @property
     def http(self) -> httpx2.AsyncClient:
