@@ -103,10 +103,32 @@ def _qualified(key: str) -> bool:
     return bool(_QUALIFIED_NAME.fullmatch(key)) and len(name) <= 63 and len(prefix) <= 253
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+               "\\": "\\\\", '"': '\\"'}
+
+
+def go_quote(value: str) -> str:
+    """`value` as Go's strconv.Quote (fmt's %q) writes it: printable characters as they are, the usual
+    backslash escapes, other control characters as \\xNN, other unprintable ones as \\uNNNN or \\UNNNNNNNN."""
+    out = ['"']
+    for ch in value:
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x80:
+            out.append(f"\\x{ord(ch):02x}")
+        elif ord(ch) <= 0xFFFF:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    out.append('"')
+    return "".join(out)
+
+
 def _format_map(items: Mapping[str, str]) -> str:
-    def quote(value: str) -> str:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
-    return "\n".join(f"{k}={quote(items[k])}" for k in sorted(items))
+    """Labels or annotations as upstream's fieldpath.FormatMap: sorted `key="value"` lines."""
+    return "\n".join(f"{k}={go_quote(items[k])}" for k in sorted(items))
 
 
 def field_value(pod: Mapping, field_ref: Mapping, *, node_name: str, node_ip: str, pod_ips: list[str],
