@@ -178,11 +178,19 @@ class Kubelet:
         services = servicelinks.ServiceCache()
         service_source = ListWatch(lambda: api.http, "/api/v1/services", kind="Service", parse=servicelinks.parse,
                                    replace=services.replace, update=services.update, remove=services.remove)
-        manager = RuntimeManager(cri=runtime, volumes=VolumeManager(api, self.config.root_dir), events=events,
+        workers: PodWorkers | None = None
+
+        def wake(uids) -> None:
+            for uid in uids:
+                if workers is not None:
+                    workers.wake(uid)
+
+        volumes = VolumeManager(lambda: api.http, self.config.root_dir, watch_http=lambda: api.watch_http,
+                                node_allocatable=allocatable, node_name=self.name, wake=wake)
+        manager = RuntimeManager(cri=runtime, volumes=volumes, events=events,
                                  config=self.config, node_name=self.name, node_ip=self.ip,
                                  node_allocatable=allocatable, node_memory=node.info.memory, get_object=get_object,
                                  metrics=self.metrics, services=services)
-        workers: PodWorkers | None = None
         pleg = Pleg(runtime, lambda uid: workers.wake(uid) if workers else None, metrics=self.metrics)
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
                              probe_manager=self._probe_manager(runtime, events), metrics=self.metrics)

@@ -33,6 +33,8 @@ MINIMUM_GRACE = 2  # seconds a container gets to stop however late its turn come
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
+_PROPAGATION = {"None": api.PROPAGATION_PRIVATE, "HostToContainer": api.PROPAGATION_HOST_TO_CONTAINER,
+                "Bidirectional": api.PROPAGATION_BIDIRECTIONAL}
 
 
 class ContainerProblem(Exception):
@@ -211,16 +213,22 @@ class RuntimeManager:
     def _mounts(self, pod: dict, container: dict, volumes: dict, message_file: Path,
                 pod_ips: list[str], env: dict[str, str]) -> list[api.Mount]:
         mounts = []
-        for vm in container.get("volumeMounts", []):
+        uid = pod["metadata"]["uid"]
+        for index, vm in enumerate(container.get("volumeMounts", [])):
             prepared = volumes.get(vm["name"])
             if prepared is None:
                 raise ContainerProblem("CreateContainerConfigError", f'cannot find volume "{vm["name"]}" to mount '
                                        f'into container "{container["name"]}"')
             sub = subpaths.subpath(vm, env)
-            host = subpaths.prepare(prepared.host_path, sub, vm["name"], container["name"]) if sub else \
-                prepared.host_path
+            host = prepared.host_path
+            if sub:
+                target = pod_dir(self.config.root_dir, uid) / "volume-subpaths" / vm["name"] / container["name"] / \
+                    str(index)
+                host = subpaths.bind(prepared.host_path, sub, target, vm["name"], container["name"])
             mounts.append(api.Mount(container_path=vm["mountPath"], host_path=str(host),
-                                    readonly=bool(vm.get("readOnly") or prepared.read_only)))
+                                    readonly=bool(vm.get("readOnly") or prepared.read_only),
+                                    propagation=_PROPAGATION.get(vm.get("mountPropagation") or "None",
+                                                                 api.PROPAGATION_PRIVATE)))
         path = container.get("terminationMessagePath", "/dev/termination-log")
         if path:
             mounts.append(api.Mount(container_path=path, host_path=str(message_file)))
@@ -419,7 +427,9 @@ class RuntimeManager:
         try:
             volumes = await self.volumes.setup(pod)
         except MountProblem as problem:
-            self.events.record(pod, WARNING, "FailedMount", f"MountVolume.SetUp failed: {problem}")
+            for name, message in problem.failures:
+                self.events.record(pod, WARNING, "FailedMount",
+                                   f'MountVolume.SetUp failed for volume "{name}" : {message}')
             for container in spec.get("initContainers", []) + spec.get("containers", []):
                 facts.waiting.setdefault(container["name"], ("ContainerCreating", ""))
             return 10.0
@@ -571,7 +581,7 @@ class RuntimeManager:
                 pass  # already gone: that is what we wanted
             except CRIError as err:
                 log.warning("Removing sandbox failed", sandbox=sandbox.id, err=err)
-        self.volumes.cleanup(uid)
+        self.volumes.tear_down(uid)
         for directory in logrotation.LOG_ROOT.glob(f"*_*_{uid}"):  # <namespace>_<name>_<uid>; names hold no "_"
             shutil.rmtree(directory, ignore_errors=True)
         self._sandbox_configs = {k: v for k, v in self._sandbox_configs.items() if k[0] != uid}

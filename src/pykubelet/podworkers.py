@@ -125,6 +125,8 @@ class PodWorker:
         if self.terminal_status is not None:
             if rt.running:
                 await owner.runtime.kill_pod(pod, rt)
+            else:
+                owner.runtime.volumes.release(self.uid)
             await self._report(self.terminal_status)
             return False, None
 
@@ -280,6 +282,7 @@ class PodWorkers:
                 continue
             log.info("Removing pod the API no longer has", uid=uid)
             await self.runtime.remove_pod(uid, rt)
+        self.runtime.volumes.clean_orphans({*self.workers, *self.pleg.pods})
 
     async def stop(self) -> None:
         tasks = [w.task for w in self.workers.values()]
