@@ -1,4 +1,5 @@
-"""A conformance smoke: upstream [Conformance] specs pynode passes, fast ones, run by the real e2e suite.
+"""A conformance smoke: upstream [Conformance] specs pynode passes (sig-node and sig-storage), fast ones, run
+by the real e2e suite.
 
 `make conformance` is the measurement; this keeps what it found passing from regressing in CI. Each spec
 here takes seconds on one pynode node; the whole run (suite build cached) well under a minute.
@@ -69,6 +70,24 @@ SPECS = [
     "[Conformance]",
     "[sig-node] Variable Expansion should fail substituting values in a volume subpath with backticks "
     "[Conformance]",
+    "[sig-storage] ConfigMap should be consumable from pods in volume with mappings and Item mode set [LinuxOnly] "
+    "[NodeConformance] [Conformance]",
+    "[sig-storage] ConfigMap updates should be reflected in volume [NodeConformance] [Conformance]",
+    "[sig-storage] ConfigMap binary data should be reflected in volume [NodeConformance] [Conformance]",
+    "[sig-storage] Secrets optional updates should be reflected in volume [NodeConformance] [Conformance]",
+    "[sig-storage] Secrets should be consumable from pods in volume as non-root with defaultMode and fsGroup set "
+    "[LinuxOnly] [NodeConformance] [Conformance]",
+    "[sig-storage] Downward API volume should update labels on modification [NodeConformance] [Conformance]",
+    "[sig-storage] Downward API volume should provide node allocatable (memory) as default memory limit if the "
+    "limit is not set [NodeConformance] [Conformance]",
+    "[sig-storage] Projected combined should project all components that make up the projection API [Projection] "
+    "[NodeConformance] [Conformance]",
+    "[sig-storage] EmptyDir volumes volume on tmpfs should have the correct mode [LinuxOnly] [NodeConformance] "
+    "[Conformance]",
+    "[sig-storage] EmptyDir volumes should support (non-root,0666,tmpfs) [LinuxOnly] [NodeConformance] "
+    "[Conformance]",
+    "[sig-storage] EmptyDir wrapper volumes should not conflict [Conformance]",
+    "[sig-storage] Subpath Atomic writer volumes should support subpaths with configmap pod [Conformance]",
 ]
 
 
