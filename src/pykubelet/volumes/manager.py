@@ -129,6 +129,15 @@ class VolumeManager:
         self._pods: dict[str, _PodVolumes] = {}
         self._released: set[str] = set()  # finished pods whose volumes are gone
 
+    def share_root(self) -> None:
+        """Make the root directory a shared mount, so that mountPropagation reaches containers (as upstream)."""
+        try:
+            self.root_dir.mkdir(parents=True, exist_ok=True)
+            mounts.make_rshared(self.root_dir)
+        except OSError as err:
+            log.warning("Cannot make the root directory a shared mount; mountPropagation other than None will "
+                        "not see later mounts", rootDir=str(self.root_dir), err=str(err))
+
     # ------------------------------------------------------------------ API reads
 
     async def _get(self, path: str) -> dict | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 MS_BIND = 0x1000
 MS_REC = 0x4000
+MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -36,6 +37,14 @@ def bind(source: str | Path, target: Path, recursive: bool = True) -> None:
     flags = MS_BIND | (MS_REC if recursive else 0)
     _check(_libc.mount(os.fsencode(source), os.fsencode(target), None, flags, None),
            f"mount --{'r' if recursive else ''}bind {source} {target}")
+
+
+def make_rshared(path: Path) -> None:
+    """Make `path` a shared mount (bound onto itself first if it is not a mount point), as the upstream kubelet
+    makes its root directory: mounts under it then propagate to containers that ask for HostToContainer."""
+    if path not in mounts_under(path):
+        bind(path, path)
+    _check(_libc.mount(None, os.fsencode(path), None, MS_SHARED | MS_REC, None), f"mount --make-rshared {path}")
 
 
 def unmount(target: Path) -> None:
