@@ -74,6 +74,8 @@ def kubelet_configuration(node: Node) -> dict:
         # Logs rotate small and often (upstream: 10Mi, 10s), so that the tests see rotation happen.
         "containerLogMaxSize": "1Mi",
         "containerLogMonitorInterval": "3s",
+        # Volume usage walked every 15 s (upstream: 1m), so that an emptyDir over its sizeLimit is evicted soon.
+        "volumeStatsAggPeriod": "15s",
     }
 
 

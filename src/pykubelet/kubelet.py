@@ -19,6 +19,7 @@ from . import certificates, healthz, metrics, nodestatus, qos, servicelinks
 from .apiclient import Api
 from .config import KubeletConfig, parse_quantity
 from .events import Recorder
+from .eviction import EvictionManager
 from .kuberuntime import RuntimeManager
 from .logrotation import LogRotation
 from .node import NodeManager
@@ -48,30 +49,7 @@ class ServerHost:
         self.workers, self.pleg, self.cri = workers, pleg, runtime
         self.metrics = kubelet.metrics
         self.registry, self.probes_registry = kubelet.metrics.registry, kubelet.metrics.probes_registry
-        self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=kubelet.name,
-                                     root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,
-                                     memory_capacity=kubelet.node.info.memory,
-                                     volume_stats_period=self.config.volume_stats_agg_period)
-
-    def _stats_pods(self) -> list[tuple[PodRef, object]]:
-        """The pods the runtime holds, named from the kubelet's pod (or, for one it no longer has, the labels)."""
-        found = []
-        for uid, rt in list(self.pleg.pods.items()):
-            worker = self.workers.workers.get(uid)
-            if worker is not None:
-                meta = worker.pod["metadata"]
-                spec = worker.pod.get("spec") or {}
-                images = tuple((c.get("name", ""), c.get("image", ""))
-                               for key in ("initContainers", "containers") for c in spec.get(key) or [])
-                ref = PodRef(meta.get("name", ""), meta.get("namespace", ""), uid,
-                             qos.pod_cgroup_parent(self.config.cgroup_root, worker.pod), images)
-            elif rt.containers:
-                labels = rt.containers[0].labels
-                ref = PodRef(labels.get(POD_NAME, ""), labels.get(POD_NAMESPACE, ""), uid)
-            else:
-                continue
-            found.append((ref, rt))
-        return found
+        self.stats = kubelet.stats
 
     def find_pod(self, namespace: str, name: str) -> tuple[dict, dict | None] | None:
         for worker in list(self.workers.workers.values()):
@@ -99,6 +77,26 @@ class Kubelet:
         self.metrics = metrics.KubeletMetrics(
             self.name, client_rotation=config.rotate_certificates,
             serving_bootstrap=config.enable_server and config.tls_cert_file is None and config.server_tls_bootstrap)
+
+    def _stats_pods(self) -> list[tuple[PodRef, object]]:
+        """The pods the runtime holds, named from the kubelet's pod (or, for one it no longer has, the labels)."""
+        found = []
+        for uid, rt in list(self.pleg.pods.items()):
+            worker = self.workers.workers.get(uid)
+            if worker is not None:
+                meta = worker.pod["metadata"]
+                spec = worker.pod.get("spec") or {}
+                images = tuple((c.get("name", ""), c.get("image", ""))
+                               for key in ("initContainers", "containers") for c in spec.get(key) or [])
+                ref = PodRef(meta.get("name", ""), meta.get("namespace", ""), uid,
+                             qos.pod_cgroup_parent(self.config.cgroup_root, worker.pod), images)
+            elif rt.containers:
+                labels = rt.containers[0].labels
+                ref = PodRef(labels.get(POD_NAME, ""), labels.get(POD_NAMESPACE, ""), uid)
+            else:
+                continue
+            found.append((ref, rt))
+        return found
 
     def healthy(self) -> tuple[bool, str]:
         if self.node is None:
@@ -194,7 +192,15 @@ class Kubelet:
         pleg = Pleg(runtime, lambda uid: workers.wake(uid) if workers else None, metrics=self.metrics)
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
                              probe_manager=self._probe_manager(runtime, events), metrics=self.metrics)
-        self.workers = workers
+        self.workers, self.pleg = workers, pleg
+        self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=self.name,
+                                     root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,
+                                     memory_capacity=node.info.memory,
+                                     volume_stats_period=self.config.volume_stats_agg_period)
+        evictions = EvictionManager(
+            summary=self.stats.summary,
+            pods=lambda: [w.pod for w in list(workers.workers.values()) if w.terminal_status is None and not w.static],
+            evict=lambda pod, message: workers.workers[pod["metadata"]["uid"]].evict(message))
         self.metrics.watch(runtime_pods=lambda: list(pleg.pods.items()), last_relist=lambda: pleg.last_relist,
                            workers=lambda: list(workers.workers.values()))
         source = ListWatch(lambda: api.http, "/api/v1/pods", kind="Pod",
@@ -222,7 +228,9 @@ class Kubelet:
                                max_files=self.config.container_log_max_files,
                                workers=self.config.container_log_max_workers,
                                interval=self.config.container_log_monitor_interval)
+        volumes.share_root()
         return tasks + [asyncio.create_task(events.run(), name="events"),
+                asyncio.create_task(evictions.run(), name="eviction-manager"),
                 asyncio.create_task(rotation.run(), name="container-log-rotation"),
                 asyncio.create_task(pleg.run(), name="pleg"),
                 asyncio.create_task(source.run(), name="pod-source"),

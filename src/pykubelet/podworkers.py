@@ -47,6 +47,7 @@ class PodWorker:
         self.start_observed = False  # kubelet_pod_start_duration_seconds has its sample
         self.pending: tuple[str, float] | None = ("create", self.first_seen)  # (operation, since) of the next step
         self.probes = owner.probe_manager(self) if owner.probe_manager else None
+        self.eviction: str | None = None  # why the eviction manager wants the pod gone
 
     def wake(self, operation: str = "sync") -> None:
         """Run a step soon; `operation` (sync, update, kill) is why, for the pod worker duration metric."""
@@ -55,6 +56,12 @@ class PodWorker:
         elif _RANK[operation] > _RANK[self.pending[0]]:
             self.pending = (operation, self.pending[1])
         self.wake_event.set()
+
+    def evict(self, message: str) -> None:
+        """Kill the pod at once and end it Failed with reason Evicted (it stays in the API)."""
+        if self.eviction is None and self.terminal_status is None:
+            self.eviction = message
+            self.wake("kill")
 
     def api_view(self) -> dict | None:
         """The API object that shows this pod: itself, or for a static pod its mirror (None until it exists)."""
@@ -129,6 +136,15 @@ class PodWorker:
                 owner.runtime.volumes.release(self.uid)
             await self._report(self.terminal_status)
             return False, None
+
+        if self.eviction is not None:
+            owner.events.record(pod, WARNING, "Evicted", self.eviction)
+            await owner.runtime.kill_pod(pod, rt, grace=0)
+            status = podstatus.compute(self.with_api_status(), owner.pleg.pod(self.uid), self.facts)
+            status.update(phase="Failed", reason="Evicted", message=self.eviction)
+            self.terminal_status = status
+            await self._report(status)
+            return False, 0.5  # release its volumes once the PLEG sees the containers stopped
 
         deadline = pod["spec"].get("activeDeadlineSeconds")
         started = timestamps.parse((self.with_api_status().get("status") or {}).get("startTime"))

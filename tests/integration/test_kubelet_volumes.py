@@ -236,3 +236,38 @@ def test_teardown_leaves_no_directory_and_no_mount(admin, node, namespace):
     admin.delete(Pod, "gone", namespace=namespace, grace_period=0)
     eventually(lambda: not directory.exists(), timeout=30, what="the pod's directory to go")
     assert mounted() == []
+
+
+def test_an_empty_dir_over_its_size_limit_gets_the_pod_evicted(admin, node, namespace):
+    writer = container(command=["sh", "-c", "dd if=/dev/zero of=/cache/fill bs=1M count=3; sleep 3600"],
+                       volumeMounts=[{"name": "cache", "mountPath": "/cache"}])
+    admin.create(make_pod(node, namespace, "hog", [writer], volumes=[{"name": "cache",
+                                                                      "emptyDir": {"sizeLimit": "1Mi"}}]))
+    # volumeStatsAggPeriod is 15 s on the local nodes, the eviction manager looks every 10 s
+    pod = wait_pod(admin, namespace, "hog", lambda p: p.status.phase == "Failed", timeout=90, what="evicted")
+    assert (pod.status.reason, pod.status.message) == (
+        "Evicted", 'Usage of EmptyDir volume "cache" exceeds the limit "1Mi". ')
+    assert any(e.reason == "Evicted" and e.type == "Warning" for e in admin.list(Event, namespace=namespace)
+               if e.involvedObject.name == "hog")
+    assert pod.status.containerStatuses[0].state.terminated is not None
+
+
+def test_mount_propagation_reaches_host_to_container_mounts_only(cluster, admin, node, namespace):
+    master = container(name="master", securityContext={"privileged": True},
+                       volumeMounts=[{"name": "shared", "mountPath": "/shared",
+                                      "mountPropagation": "Bidirectional"}])
+    follower = container(name="follower", volumeMounts=[{"name": "shared", "mountPath": "/shared",
+                                                         "mountPropagation": "HostToContainer"}])
+    private = container(name="private", volumeMounts=[{"name": "shared", "mountPath": "/shared"}])
+    admin.create(make_pod(node, namespace, "propagation", [master, follower, private],
+                          volumes=[{"name": "shared", "emptyDir": {}}]))
+    running(admin, namespace, "propagation")
+    mounted = kubectl(cluster, "-n", namespace, "exec", "propagation", "-c", "master", "--", "sh", "-c",
+                      "mkdir -p /shared/sub && mount -t tmpfs tmpfs /shared/sub && echo seen > /shared/sub/f")
+    assert mounted.returncode == 0, mounted.stderr
+
+    def read(name):
+        out = kubectl(cluster, "-n", namespace, "exec", "propagation", "-c", name, "--", "cat", "/shared/sub/f")
+        return out.stdout.strip() if out.returncode == 0 else None
+    assert eventually(lambda: read("follower"), what="the follower to see the master's mount") == "seen"
+    assert read("private") is None

@@ -205,3 +205,4 @@ def test_claims_that_cannot_be_used_say_why(volume, objs, message):
 def test_an_ephemeral_volumes_claim_owned_by_the_pod_is_used():
     objs = claim_objects(owners=[{"uid": "u", "controller": True}])
     assert str(resolve({"name": "eph", "ephemeral": {"volumeClaimTemplate": {}}}, objs).path) == "/srv/data"
+
