@@ -196,13 +196,14 @@ class Kubelet:
         self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=self.name,
                                      root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,
                                      memory_capacity=node.info.memory,
-                                     volume_stats_period=self.config.volume_stats_agg_period)
+                                     volume_stats_period=self.config.volume_stats_agg_period,
+                                     claims=volumes.local_claims)
+        self.metrics.watch(runtime_pods=lambda: list(pleg.pods.items()), last_relist=lambda: pleg.last_relist,
+                           workers=lambda: list(workers.workers.values()), volume_stats=lambda: self.stats.pvc_stats)
         evictions = EvictionManager(
             summary=self.stats.summary,
             pods=lambda: [w.pod for w in list(workers.workers.values()) if w.terminal_status is None and not w.static],
             evict=lambda pod, message: workers.workers[pod["metadata"]["uid"]].evict(message))
-        self.metrics.watch(runtime_pods=lambda: list(pleg.pods.items()), last_relist=lambda: pleg.last_relist,
-                           workers=lambda: list(workers.workers.values()))
         source = ListWatch(lambda: api.http, "/api/v1/pods", kind="Pod",
                            params={"fieldSelector": f"spec.nodeName={self.name}"},
                            replace=workers.replace, update=workers.update, remove=workers.remove)

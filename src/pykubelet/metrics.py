@@ -56,6 +56,7 @@ class _ViewCollector:
     def __init__(self):
         self.runtime_pods: Callable[[], list] = list  # () -> [(uid, PodRuntime)]
         self.workers: Callable[[], list] | None = None  # () -> [PodWorker]
+        self.volume_stats: Callable[[], list] = list  # () -> [volume stats with a pvcRef] (stats summary)
 
     def describe(self):
         return []
@@ -95,7 +96,29 @@ class _ViewCollector:
                 desired.add_metric([static], counts["desired", static])
                 active.add_metric([static], counts["active", static])
             families += [active, desired]
+        families += self._volume_families()
         return sorted(families, key=lambda f: f.name)
+
+    def _volume_families(self) -> list:
+        """kubelet_volume_stats_*: each PersistentVolumeClaim a pod mounts, once (upstream's volumeStatsCollector)."""
+        fields = (("capacity_bytes", "capacityBytes", "Capacity in bytes of the volume"),
+                  ("available_bytes", "availableBytes", "Number of available bytes in the volume"),
+                  ("used_bytes", "usedBytes", "Number of used bytes in the volume"),
+                  ("inodes", "inodes", "Maximum number of inodes in the volume"),
+                  ("inodes_free", "inodesFree", "Number of free inodes in the volume"),
+                  ("inodes_used", "inodesUsed", "Number of used inodes in the volume"))
+        families = [GaugeMetricFamily(f"kubelet_volume_stats_{name}", f"[ALPHA] {help}",
+                                      labels=["namespace", "persistentvolumeclaim"]) for name, _, help in fields]
+        seen = set()
+        for stats in self.volume_stats():
+            ref = (stats["pvcRef"]["namespace"], stats["pvcRef"]["name"])
+            if ref in seen:
+                continue
+            seen.add(ref)
+            for family, (_, key, _) in zip(families, fields):
+                if key in stats:
+                    family.add_metric(list(ref), stats[key])
+        return [f for f in families if f.samples]
 
 
 class CertificateMetrics:
@@ -295,9 +318,11 @@ class KubeletMetrics:
         self.probes_registry.register(UsedFamilies([self.probe_duration, self.probe_total, start]))
 
     def watch(self, *, runtime_pods: Callable[[], list], last_relist: Callable[[], float],
-              workers: Callable[[], list]) -> None:
-        """Where the scrape-time gauges look: the PLEG's pods and last relist, the pod workers."""
+              workers: Callable[[], list], volume_stats: Callable[[], list] = list) -> None:
+        """Where the scrape-time gauges look: the PLEG's pods and last relist, the pod workers, the claims'
+        volume stats."""
         self.view.runtime_pods, self.view.workers, self.pleg_last_relist = runtime_pods, workers, last_relist
+        self.view.volume_stats = volume_stats
 
     def _pleg_last_seen(self) -> float:
         started = self.pleg_last_relist()

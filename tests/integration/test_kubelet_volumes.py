@@ -271,3 +271,36 @@ def test_mount_propagation_reaches_host_to_container_mounts_only(cluster, admin,
         return out.stdout.strip() if out.returncode == 0 else None
     assert eventually(lambda: read("follower"), what="the follower to see the master's mount") == "seen"
     assert read("private") is None
+
+
+def test_a_local_volumes_claim_has_stats_and_metrics(cluster, admin, node, namespace, tmp_path):
+    name = f"local-{uuid.uuid4().hex[:6]}"
+    admin.create(PersistentVolume.from_dict({"metadata": {"name": name}, "spec": {
+        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "local",
+        "local": {"path": str(tmp_path)}, "claimRef": {"namespace": namespace, "name": "local-claim"},
+        "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": [node.name]}]}]}}}}))
+    try:
+        admin.create(PersistentVolumeClaim.from_dict({
+            "metadata": {"name": "local-claim", "namespace": namespace},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local", "volumeName": name,
+                     "resources": {"requests": {"storage": "1Gi"}}}}))
+        admin.create(make_pod(node, namespace, "local", [container(volumeMounts=[{"name": "d", "mountPath": "/d"}])],
+                              volumes=[{"name": "d", "persistentVolumeClaim": {"claimName": "local-claim"}}],
+                              securityContext={"fsGroup": 3456}))
+        running(admin, namespace, "local")
+        assert tmp_path.stat().st_gid == 3456  # a local volume's ownership follows fsGroup
+
+        def claim_stats():
+            summary = json.loads(kubectl(cluster, "get", "--raw",
+                                         f"/api/v1/nodes/{node.name}/proxy/stats/summary").stdout)
+            pod = next(p for p in summary["pods"] if p["podRef"]["name"] == "local")
+            return next((v for v in pod.get("volume") or [] if v.get("pvcRef")), None)
+        stats = eventually(claim_stats, what="the claim's volume stats")
+        assert stats["pvcRef"] == {"name": "local-claim", "namespace": namespace} and stats["capacityBytes"] > 0
+        metrics = kubectl(cluster, "get", "--raw", f"/api/v1/nodes/{node.name}/proxy/metrics").stdout
+        assert f'kubelet_volume_stats_capacity_bytes{{namespace="{namespace}",persistentvolumeclaim="local-claim"}}' \
+            in metrics
+    finally:
+        admin.delete(Pod, "local", namespace=namespace, grace_period=0)
+        admin.delete(PersistentVolume, name)

@@ -99,6 +99,13 @@ PROBES_UPSTREAM = {
                                       {"probe_type", "container", "pod", "namespace"}),
     "process_start_time_seconds": ("gauge", "[ALPHA] Start time of the process since unix epoch in seconds.", set()),
 }
+for _name, _help in (("capacity_bytes", "Capacity in bytes of the volume"),
+                     ("available_bytes", "Number of available bytes in the volume"),
+                     ("used_bytes", "Number of used bytes in the volume"),
+                     ("inodes", "Maximum number of inodes in the volume"),
+                     ("inodes_free", "Number of free inodes in the volume"),
+                     ("inodes_used", "Number of used inodes in the volume")):
+    UPSTREAM[f"kubelet_volume_stats_{_name}"] = ("gauge", f"[ALPHA] {_help}", {"namespace", "persistentvolumeclaim"})
 POD = {"metadata": {"name": "web", "namespace": "default", "uid": "uid-1"}, "spec": {"containers": []}}
 
 
@@ -118,10 +125,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
+CLAIM_STATS = [{"name": "data", "pvcRef": {"name": "claim", "namespace": "ns"}, "capacityBytes": 100,
+                "availableBytes": 60, "usedBytes": 40, "inodes": 10, "inodesFree": 7, "inodesUsed": 3}]
+
+
 @pytest.fixture
 def m():
     metrics = kmetrics.KubeletMetrics("n1", client_rotation=True, serving_bootstrap=True)
-    metrics.watch(runtime_pods=list, last_relist=lambda: 0.0, workers=list)
+    metrics.watch(runtime_pods=list, last_relist=lambda: 0.0, workers=list,
+                  volume_stats=lambda: CLAIM_STATS + CLAIM_STATS)  # two pods, one claim: counted once
     return metrics
 
 
@@ -571,3 +583,9 @@ def test_metrics_and_metrics_probes_are_served_and_need_nodes_metrics(m):
     assert "kubelet_runtime_operations_total" in text and "prober_probe_total" not in text
     assert "prober_probe_total{" in probes and "process_start_time_seconds" in probes
     assert auth.subresources("/metrics/probes") == ["metrics"]
+
+
+def test_volume_stats_of_each_claim_once(m):
+    assert value(m.registry, "kubelet_volume_stats_used_bytes", namespace="ns", persistentvolumeclaim="claim") == 40
+    assert value(m.registry, "kubelet_volume_stats_inodes_free", namespace="ns", persistentvolumeclaim="claim") == 7
+    assert len(families(m.registry)["kubelet_volume_stats_capacity_bytes"].samples) == 1

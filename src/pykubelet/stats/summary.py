@@ -222,7 +222,7 @@ class SummaryProvider:
     def __init__(self, *, cri, pods: Callable[[], list[tuple[PodRef, PodRuntime]]], node_name: str,
                  root_dir: Path, cgroup_root: str, memory_capacity: int,
                  volume_stats_period: float = 60.0, hierarchies: Hierarchies | None = None,
-                 log_root: Path = LOG_ROOT):
+                 log_root: Path = LOG_ROOT, claims: Callable[[str], list] = lambda uid: []):
         self.cri = cri
         self.pods = pods
         self.node_name = node_name
@@ -237,6 +237,8 @@ class SummaryProvider:
         self.kubelet_cgroup = own_cgroup()
         self._rates = _CpuRates()
         self._volumes = _VolumeStats(root_dir, volume_stats_period)
+        self.claims = claims  # pod uid -> [(volume, claim, path)] of its local PersistentVolumes
+        self.pvc_stats: list[dict] = []  # volume stats with a pvcRef, from the last full summary
 
     # ------------------------------------------------------------------ pieces
 
@@ -344,6 +346,7 @@ class SummaryProvider:
             fs_for_logs = fs_stats(self.log_root, now) or {}
         seen: list[str] = []
         out = []
+        pvc_stats: list[dict] = []
         for (ref, rt, sandbox), stats in zip(pods, sandboxes):
             containers = []
             for record in rt.containers:
@@ -384,13 +387,18 @@ class SummaryProvider:
                 pod.update(self._pod_from_containers(sandbox.id, containers, now))
             if not only_cpu_and_memory:
                 volumes = await self._volumes.get(ref.uid)
-                pod["volume"] = [stats for _, stats in volumes] or None
+                claimed = [{**stats, "name": volume, "pvcRef": {"name": claim, "namespace": ref.namespace}}
+                           for volume, claim, path in self.claims(ref.uid)
+                           if (stats := fs_stats(path, now)) is not None]
+                pvc_stats.extend(claimed)
+                pod["volume"] = [stats for _, stats in volumes] + claimed or None
                 pod["ephemeral-storage"] = self._ephemeral(
                     containers, [stats for plugin, stats in volumes if plugin in EPHEMERAL_PLUGINS], now)
             out.append(_drop_none(pod))
         self._rates.keep(seen + ["node", "system/kubelet", "system/pods"])
         if not only_cpu_and_memory:
             self._volumes.keep(ref.uid for ref, _, _ in pods)
+            self.pvc_stats = pvc_stats
         return {"node": node, "pods": out}
 
     def _pod_from_containers(self, sandbox_id: str, containers: list[dict], now: int) -> dict:

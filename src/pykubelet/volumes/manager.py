@@ -57,6 +57,7 @@ class Prepared:
 class _Volume:
     prepared: Prepared
     digest: str = ""  # of the payload last written (AtomicWriter volumes)
+    claimed: persistent.Claimed | None = None  # the PersistentVolume behind a claim
 
 
 @dataclass
@@ -249,6 +250,8 @@ class VolumeManager:
             if claimed.kind == "local" and not claimed.read_only:
                 ownership.apply(claimed.path, ownership.fs_group(pod), policy=ownership.change_policy(pod))
             result = Prepared(claimed.path, read_only=claimed.read_only)
+            state.volumes[name] = _Volume(result, claimed=claimed)
+            return result
         state.volumes[name] = _Volume(result)
         return result
 
@@ -299,6 +302,13 @@ class VolumeManager:
         return await projected.payload(pod, name, source, get_object=get_object, tokens=self.tokens,
                                        trust_bundles=self._trust_bundles, node_allocatable=self.node_allocatable,
                                        fs_user=ownership.fs_user(pod), fs_group=ownership.fs_group(pod))
+
+    def local_claims(self, uid: str) -> list[tuple[str, str, Path]]:
+        """(volume, claim, path) of the pod's volumes on local PersistentVolumes: the ones with stats (upstream
+        measures local volumes with statfs and has no metrics for hostPath ones)."""
+        state = self._pods.get(uid)
+        return [(name, v.claimed.claim, v.claimed.path) for name, v in (state.volumes.items() if state else ())
+                if v.claimed is not None and v.claimed.kind == "local"]
 
     def next_refresh(self, uid: str) -> float | None:
         """Seconds until one of the pod's service account tokens needs renewing, if any."""
