@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from localcluster import agents, cgroups, containerd, network, procs, settings
+from localcluster import agents, cgroups, containerd, lock, network, procs, settings
 from localcluster import cluster as local
 from localcluster.settings import Node
 
@@ -74,17 +74,41 @@ def isolated(node: Node, argv: list[str]) -> list[str]:
     There, the host-wide sysctls of KERNEL_TUNABLES read as the kubelet wants them (files
     bind-mounted over /proc/sys), so it writes none of them; and /var/log is an empty tmpfs,
     so the /var/log/containers it always creates (a fixed path) is not created on the host.
-    Host mounts still propagate in (slave), none propagate out. Everything is exec'd, so the
-    pid procs.start records is the kubelet's.
+    Every mount is a slave of the host's (host mounts propagate in, none out) except the kubelet's
+    root dir, which `share_root` made a shared mount in the host's namespace and which stays in
+    that peer group here: the tmpfs the kubelet mounts for a secret or projected volume shows
+    through to containerd, which runs in the host's namespace. Everything is exec'd, so the pid
+    procs.start records is the kubelet's.
     """
+    root = shlex.quote(str(agents.kubelet_dir(node)))
     fake = node.dir / "sysctl"
     fake.mkdir(parents=True, exist_ok=True)
-    steps = []
+    # unshare --propagation unchanged keeps the copies of shared mounts in their host peer groups; every
+    # shared one but the root dir then becomes a slave, and the kubelet does not start if one would not.
+    outside = (f"awk -v keep={root} '{{s = 0; for (i = 7; $i != \"-\"; i++) if ($i ~ /^shared:/) s = 1}} "
+               "s && $5 != keep && index($5, keep \"/\") != 1 {print $5}' /proc/self/mountinfo")
+    steps = [f"{outside} | while read -r m; do mount --make-slave \"$(printf '%b' \"$m\")\"; done",
+             f'test -z "$({outside})"']
     for key, value in KERNEL_TUNABLES.items():
         (fake / key.replace("/", ".")).write_text(f"{value}\n")
         steps.append(f"mount --bind {shlex.quote(str(fake / key.replace('/', '.')))} /proc/sys/{key}")
     steps += ["mount -t tmpfs -o size=1m tmpfs /var/log", 'exec "$@"']
-    return ["unshare", "--mount", "--propagation", "slave", "--", "sh", "-c", " && ".join(steps), "sh", *argv]
+    return ["unshare", "--mount", "--propagation", "unchanged", "--", "sh", "-c", " && ".join(steps), "sh", *argv]
+
+
+def share_root(node: Node) -> None:
+    """Make the kubelet's root dir a shared mount (bound onto itself) in the host's mount namespace.
+
+    So the mounts the kubelet makes beneath it in its own namespace (`isolated`) propagate back to the
+    host, where containerd bind-mounts them into containers. remove_node unmounts it (and whatever
+    propagated) with the rest of the node's mounts, as `down` does.
+    """
+    root = agents.kubelet_dir(node)
+    root.mkdir(parents=True, exist_ok=True)
+    mounted = {line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()}
+    if str(root) not in mounted:
+        subprocess.run(["mount", "--bind", str(root), str(root)], check=True, capture_output=True)
+    subprocess.run(["mount", "--make-rshared", str(root)], check=True, capture_output=True)
 
 
 def start_upstream(node: Node, extra: dict | None = None) -> int:
@@ -92,16 +116,17 @@ def start_upstream(node: Node, extra: dict | None = None) -> int:
     flags = agents.kubelet_flags(node)  # exactly pykubelet's flags; this writes pykubelet's config.yaml ...
     config = agents.kubelet_dir(node) / "config.yaml"  # ... which the upstream configuration replaces
     config.write_text(yaml.safe_dump({**upstream_configuration(node), **(extra or {})}, sort_keys=False))
+    share_root(node)
     argv = isolated(node, [str(node.cluster.bin / "kubelet"), *flags])
     return procs.start(node.cluster, daemon(node), argv, netns=node.netns,
                        cgroup_procs=tuple(d / "cgroup.procs" for d in cgroups.recorded_dirs(node.dir)))
 
 
-def bring_up(node: Node) -> None:
+def bring_up(node: Node, extra: dict | None = None) -> None:
     network.ensure_node(node)
     containerd.start(node)
     containerd.import_images(node)
-    start_upstream(node)
+    start_upstream(node, extra)
 
 
 def leftovers(node: Node) -> bool:
@@ -117,7 +142,7 @@ def remove_node(node: Node) -> None:
     containerd.stop(node)
     procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(cgroups.recorded_dirs(node.dir)))), grace=0)
     procs.kill_and_wait(network.pids_in(node.netns), grace=5)
-    local.unmount_all(node.dir)
+    local.unmount_all(node.dir)  # the pods' mounts, then the kubelet root dir share_root bound onto itself
     network.remove_node(node)
     stuck = cgroups.remove([node.dir])
     if stuck:
@@ -276,7 +301,21 @@ def run_beside_upstream(results: Path, body, *, errors: tuple = (), teardown=Non
     """The frame of a benchmark: add pynode-n2 with the upstream kubelet, run `body(cluster, node, client)`
     (which returns the report), always remove pynode-n2 (after `teardown(client, node)` if given), and
     write the report to `results`. Returns the exit status. With `nodes` > 2, the cluster settings
-    `body` gets name further nodes, which it brings up and its teardown removes."""
+    `body` gets name further nodes, which it brings up and its teardown removes.
+
+    The whole run holds the cluster's lock (localcluster.lock), as a test session or a conformance run
+    does, so that none of them runs on the cluster meanwhile: they would disturb the figures, and a
+    test session's `down` would pull the nodes from under the benchmark."""
+    name = f"a benchmark (python -m bench.{Path(sys.argv[0]).stem})"
+    try:
+        with lock.holding(settings.load(), name):
+            return _run_beside_upstream(results, body, errors=errors, teardown=teardown, nodes=nodes)
+    except KeyboardInterrupt:  # while waiting for the lock
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_beside_upstream(results: Path, body, *, errors: tuple, teardown, nodes: int) -> int:
     cluster = cluster_with_more_nodes(nodes)
     if cluster is None:
         return 1

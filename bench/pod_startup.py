@@ -337,9 +337,8 @@ def report(args, agents: list[Agent], batches: list[Batch], tables: str, idle_po
         "over NoExecute taints only, and our pods bypass the scheduler.\n\n"
         "pykubelet is the cluster's running agent, not restarted by the benchmark: its RSS includes whatever "
         "earlier work (an earlier run's 100 pods, tests) left in its heap. The upstream kubelet is new in each run. "
-        "It runs in a mount namespace of its own (see bench/README.md), so the tmpfs it mounts for each pod's "
-        "service-account volume is not seen by containerd, and the containers on pynode-n2 find that volume "
-        "empty; the kubelet does the same work, and `sleep` does not read it.\n"
+        "It runs in a mount namespace of its own (see bench/README.md) in which only its root dir shares "
+        "mounts with the host, so the tmpfs it mounts for each pod's service-account volume reaches containerd.\n"
         + (f"\n## What went wrong\n{failures}" if failures else "")
         + "\n| machine | |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in facts.items())
         + f"| pykubelet started | {datetime.datetime.fromtimestamp(started_at(py.pid), datetime.UTC):%Y-%m-%d %H:%M:%S} "
