@@ -1,7 +1,7 @@
 """The eviction manager: pods that outgrow the local storage they were given are evicted, as upstream does.
 
 Every `period` (upstream's evictionMonitoringPeriod, 10 s) it reads the stats summary (volume usage is walked
-at most once per volumeStatsAggPeriod) and evicts, at once and with no grace period, each pod whose
+at most once per volumeStatsAggPeriod) when some pod has such a limit, and evicts, at once and with no grace period, each pod whose
   - emptyDir holds more than its `sizeLimit`,
   - ephemeral storage (writable layers, logs, emptyDir and configMap volumes) exceeds its limit, or
   - container uses more writable layer and logs than its `ephemeral-storage` limit,
@@ -33,6 +33,15 @@ def is_critical(pod: dict) -> bool:
     if annotations.get("kubernetes.io/config.source", "api") != "api" or "kubernetes.io/config.mirror" in annotations:
         return True
     return int((pod.get("spec") or {}).get("priority") or 0) >= SYSTEM_CRITICAL_PRIORITY
+
+
+def has_local_storage_limits(pod: dict) -> bool:
+    spec = pod.get("spec") or {}
+    if any((v.get("emptyDir") or {}).get("sizeLimit") for v in spec.get("volumes") or []):
+        return True
+    if qos.pod_level_limits(pod).get("ephemeral-storage"):
+        return True
+    return any(qos.container_limits(c).get("ephemeral-storage") for c in spec.get("containers") or [])
 
 
 def _used(stats: dict | None) -> int:
@@ -87,13 +96,17 @@ class EvictionManager:
         self.period = period
 
     async def check(self) -> list[str]:
-        """One round; returns the uids of the pods it evicted."""
+        """One round; returns the uids of the pods it evicted. Stats are read only when some pod has a limit to
+        check (a summary asks the runtime for every pod's stats)."""
+        pods = [pod for pod in self.pods() if has_local_storage_limits(pod) and not is_critical(pod)]
+        if not pods:
+            return []
         summary = await self.summary()
         by_uid = {p["podRef"]["uid"]: p for p in summary.get("pods") or []}
         evicted = []
-        for pod in self.pods():
+        for pod in pods:
             stats = by_uid.get(pod["metadata"]["uid"])
-            if stats is None or is_critical(pod):
+            if stats is None:
                 continue
             message = local_storage_violation(pod, stats)
             if message:

@@ -49,3 +49,11 @@ def test_the_manager_evicts_only_pods_that_are_over_and_not_critical():
                                         evict=lambda pod, message: evicted.append((pod["metadata"]["uid"], message)))
     assert asyncio.run(manager_.check()) == ["u"]
     assert evicted == [("u", 'Usage of EmptyDir volume "cache" exceeds the limit "1Mi". ')]
+
+
+def test_no_stats_are_read_while_no_pod_has_a_local_storage_limit():
+    async def summary():
+        raise AssertionError("the runtime was asked for stats")
+    manager_ = eviction.EvictionManager(summary=summary, pods=lambda: [storage_pod([{"name": "d", "emptyDir": {}}])],
+                                        evict=lambda pod, message: None)
+    assert asyncio.run(manager_.check()) == []

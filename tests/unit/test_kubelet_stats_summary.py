@@ -199,3 +199,30 @@ def test_cadvisor_labels(tmp_path):
     assert ('container_memory_working_set_bytes{container="app",id="/node/kubepods/podu1/c1",image="busybox:1.36",'
             'name="c1",namespace="ns",pod="web"} 4096.0 1800000000000') in lines
     assert any(line.startswith('container_memory_working_set_bytes{container="",id="/node",') for line in lines)
+
+
+def test_stats_calls_never_overlap_even_across_summaries(tmp_path):
+    """containerd 1.6 dies ("concurrent map writes") when two stats calls overlap; pykubelet makes them one at a
+    time, whoever asks (the eviction manager, /stats/summary, metrics-server's /metrics/resource)."""
+    provider = _provider(tmp_path, 1_800_000_000_000_000_000)
+    runtime = provider.cri
+    in_flight, most = 0, 0
+
+    def counted(call):
+        async def wrapper(request):
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+            await asyncio.sleep(0.01)
+            try:
+                return await call(request)
+            finally:
+                in_flight -= 1
+        return wrapper
+    runtime.list_container_stats = counted(runtime.list_container_stats)
+    runtime.pod_sandbox_stats = counted(runtime.pod_sandbox_stats)
+
+    async def both():
+        await asyncio.gather(provider.summary(), provider.summary(only_cpu_and_memory=True), provider.summary())
+    asyncio.run(both())
+    assert most == 1

@@ -237,6 +237,7 @@ class SummaryProvider:
         self.kubelet_cgroup = own_cgroup()
         self._rates = _CpuRates()
         self._volumes = _VolumeStats(root_dir, volume_stats_period)
+        self._runtime_lock = asyncio.Lock()
         self.claims = claims  # pod uid -> [(volume, claim, path)] of its local PersistentVolumes
         self.pvc_stats: list[dict] = []  # volume stats with a pvcRef, from the last full summary
 
@@ -330,18 +331,25 @@ class SummaryProvider:
             log.debug("No sandbox stats", podSandboxID=sandbox_id, err=str(err))
             return None
 
+    async def _runtime_stats(self, sandbox_ids: list[str]) -> tuple[list, list]:
+        """ListContainerStats, then PodSandboxStats for each sandbox, one call at a time and never two summaries'
+        at once: containerd 1.6 updates a map without a lock on both paths and dies ("fatal error: concurrent
+        map writes") when two such calls overlap."""
+        async with self._runtime_lock:
+            try:
+                listed = (await self.cri.list_container_stats(api.ListContainerStatsRequest())).stats
+            except CRIError as err:
+                log.warning("Cannot list container stats", err=str(err))
+                listed = []
+            return listed, [await self._sandbox_stats(sandbox_id) for sandbox_id in sandbox_ids]
+
     async def summary(self, only_cpu_and_memory: bool = False) -> dict:
         now = time.time_ns()
         pods = [(ref, rt, rt.sandbox) for ref, rt in self.pods()
                 if rt.sandbox is not None and rt.sandbox.state == api.SANDBOX_READY]
-        try:
-            listed = (await self.cri.list_container_stats(api.ListContainerStatsRequest())).stats
-        except CRIError as err:
-            log.warning("Cannot list container stats", err=str(err))
-            listed = []
+        (listed, sandboxes), node = await asyncio.gather(
+            self._runtime_stats([sandbox.id for _, _, sandbox in pods]), self._node(now, only_cpu_and_memory))
         by_id = {s.attributes.id: s for s in listed}
-        node, *sandboxes = await asyncio.gather(self._node(now, only_cpu_and_memory),
-                                                *(self._sandbox_stats(sandbox.id) for _, _, sandbox in pods))
         if not only_cpu_and_memory:
             fs_for_logs = fs_stats(self.log_root, now) or {}
         seen: list[str] = []
