@@ -134,7 +134,11 @@ class PodWorker:
                 await owner.runtime.kill_pod(pod, rt)
             else:
                 owner.runtime.volumes.release(self.uid)
-            await self._report(self.terminal_status)
+            # The containers' states as the runtime has them now (a kill may have just ended them); the phase and
+            # its reason stay what ended the pod.
+            status = podstatus.compute(self.with_api_status(), rt, self.facts)
+            status.update({k: v for k, v in self.terminal_status.items() if k in ("phase", "reason", "message")})
+            await self._report(status)
             return False, None
 
         if self.eviction is not None:
