@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import agents, bootstrap, cgroups, containerd, controlplane, images, network, pki, procs, sample
-from .settings import UPSTREAM_DIR, Cluster, Node
+from .settings import CONTAINERD_DIR, UPSTREAM_DIR, Cluster, Node
 
 REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "containerd": "containerd", "runc": "runc", "ctr": "containerd",
@@ -41,10 +41,20 @@ def build_upstream(cluster: Cluster, programs: list[str] | None = None) -> None:
         raise procs.UpError(f"upstream build failed (exit {proc.returncode}); its output is above")
 
 
+def build_runtime(cluster: Cluster) -> None:
+    """containerd 2.x and runc, unless the nodes run Debian's (seconds when cached)."""
+    if all(node.runtime == "debian" for node in cluster.nodes):
+        return
+    proc = subprocess.run([str(CONTAINERD_DIR / "build.sh")], env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
+    if proc.returncode != 0:
+        raise procs.UpError(f"containerd build failed (exit {proc.returncode}); its output is above")
+
+
 def up(cluster: Cluster) -> None:
     started = time.monotonic()
     preflight(cluster)
     build_upstream(cluster)
+    build_runtime(cluster)
     try:
         cluster.state.mkdir(parents=True, exist_ok=True)
         pki.ensure(cluster)

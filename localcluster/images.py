@@ -137,23 +137,24 @@ def build(image: Image, out_dir: Path) -> Path:
     return path
 
 
-def import_archive(archive: Path, containerd_socket: Path) -> None:
-    proc = subprocess.run(
-        ["ctr", f"--address={containerd_socket}", "--namespace=k8s.io", "images", "import", str(archive)],
-        capture_output=True, text=True, timeout=120,
-    )
+def _ctr(node) -> list[str]:
+    """The node's runtime's ctr, talking to its containerd in the `k8s.io` namespace (where CRI looks)."""
+    return [node.runtime_program("ctr") or "ctr", f"--address={node.containerd_socket}", "--namespace=k8s.io"]
+
+
+def import_archive(archive: Path, node) -> None:
+    proc = subprocess.run([*_ctr(node), "images", "import", str(archive)], capture_output=True, text=True,
+                          timeout=120)
     if proc.returncode != 0:
-        raise UpError(f"images: importing {archive.name} into {containerd_socket} failed: {proc.stderr.strip()}")
+        raise UpError(f"images: importing {archive.name} into {node.name}'s containerd failed: "
+                      f"{proc.stderr.strip()}")
 
 
-def remove_image(name: str, containerd_socket: Path) -> None:
-    """Forget image `name` in a containerd's `k8s.io` namespace; one that is not there is no error."""
-    proc = subprocess.run(
-        ["ctr", f"--address={containerd_socket}", "--namespace=k8s.io", "images", "rm", name],
-        capture_output=True, text=True, timeout=60,
-    )
+def remove_image(name: str, node) -> None:
+    """Forget image `name` in a node's containerd; one that is not there is no error."""
+    proc = subprocess.run([*_ctr(node), "images", "rm", name], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0 and "not found" not in proc.stderr:
-        raise UpError(f"images: removing {name} from {containerd_socket} failed: {proc.stderr.strip()}")
+        raise UpError(f"images: removing {name} from {node.name}'s containerd failed: {proc.stderr.strip()}")
 
 
 # --- the catalog -------------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def import_image(cluster: Cluster) -> str:
     image = images.metrics_server_image(cluster)
     archive = images.build(image, cluster.images)
     for node in cluster.nodes:
-        images.import_archive(archive, node.containerd_socket)
+        images.import_archive(archive, node)
     return image.names[0]
 
 
@@ -217,4 +217,4 @@ def remove(cluster: Cluster, timeout: float = 90, keep_image: bool = False) -> N
     if not keep_image:
         for node in cluster.nodes:
             if procs.running(cluster, f"containerd-{node.name}"):
-                images.remove_image(name, node.containerd_socket)
+                images.remove_image(name, node)

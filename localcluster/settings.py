@@ -4,7 +4,10 @@ Everything the cluster creates on the host lives under one state directory;
 what is expensive to rebuild (the upstream binaries, image archives) lives in a
 cache directory keyed by version. Both can be moved with environment variables:
 PYNODE_STATE and PYNODE_CACHE. PYNODE_PROXY_MODE picks pyproxy's mode on the
-nodes (iptables, the default, or nftables).
+nodes (iptables, the default, or nftables); PYNODE_CONTAINERD their runtime
+(upstream: containerd 2.x and runc built from their Go modules, the default for
+new nodes; debian: Debian 12's containerd 1.6 and runc packages). A node keeps
+the runtime that made its state until `make down`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_DIR = REPO / "localcluster" / "upstream"
 METRICS_SERVER_DIR = UPSTREAM_DIR / "metrics-server"
+CONTAINERD_DIR = UPSTREAM_DIR / "containerd"
+RUNTIMES = ("upstream", "debian")  # PYNODE_CONTAINERD: containerd 2.x built here, or Debian 12's 1.6
 
 
 def kubernetes_version() -> str:
@@ -37,6 +42,16 @@ def metrics_server_version() -> str:
     if not match:
         raise RuntimeError(f"no 'require sigs.k8s.io/metrics-server vX.Y.Z' line in {METRICS_SERVER_DIR / 'go.mod'}")
     return match.group(1)
+
+
+def containerd_versions() -> tuple[str, str]:
+    """The pinned containerd and runc releases, read from their build recipe's go.mod."""
+    text = (CONTAINERD_DIR / "go.mod").read_text()
+    found = [re.search(rf"^\s*(?:require )?{re.escape(m)} (v\d+\.\d+\.\d+)", text, re.M)
+             for m in ("github.com/containerd/containerd/v2", "github.com/opencontainers/runc")]
+    if not all(found):
+        raise RuntimeError(f"no containerd and runc versions in {CONTAINERD_DIR / 'go.mod'}")
+    return found[0].group(1), found[1].group(1)
 
 
 @dataclass(frozen=True)
@@ -79,6 +94,35 @@ class Node:
         return self.dir / "containerd" / "containerd.sock"
 
     @property
+    def runtime(self) -> str:
+        """The node's container runtime (RUNTIMES): the one that made its state, else the cluster's choice, else
+        upstream. A node made before the choice existed ran Debian's."""
+        mark = self.dir / "containerd" / "runtime"
+        if mark.exists():
+            return mark.read_text().strip()
+        if (self.dir / "containerd" / "root").exists():
+            return "debian"
+        return self.cluster.containerd or "upstream"
+
+    @property
+    def containerd_bin(self) -> Path | None:
+        """Where the node's containerd, shim, ctr and runc are: the cache (built by upstream/containerd/build.sh),
+        or None for Debian's, found on PATH."""
+        if self.runtime == "debian":
+            return None
+        containerd, runc = containerd_versions()
+        return self.cluster.cache / "upstream" / f"containerd-{containerd}-runc-{runc}" / "bin"
+
+    def runtime_program(self, name: str) -> str:
+        """The path of containerd, containerd-shim-runc-v2, ctr or runc for the node's runtime ("" if missing)."""
+        import shutil
+
+        if self.containerd_bin is None:
+            return shutil.which(name) or ""
+        path = self.containerd_bin / name
+        return str(path) if path.is_file() else ""
+
+    @property
     def cgroup_name(self) -> str:
         """The node's cgroup, below the one `up` runs in (see localcluster/cgroups.py)."""
         return f"pynode/{self.name}"
@@ -101,6 +145,7 @@ class Cluster:
     version: str
     node_count: int = 1
     proxy_mode: str = "iptables"
+    containerd: str = ""  # the nodes' runtime, one of RUNTIMES; "": a node keeps the one its state has, else upstream
     bridge: str = "pynode0"
     node_network: ipaddress.IPv4Network = ipaddress.ip_network("10.221.0.0/24")
     pod_cidr: ipaddress.IPv4Network = ipaddress.ip_network("10.222.0.0/16")
@@ -181,4 +226,5 @@ def load() -> Cluster:
         cache=Path(os.environ.get("PYNODE_CACHE", cache_home / "pynode")),
         version=kubernetes_version(),
         proxy_mode=os.environ.get("PYNODE_PROXY_MODE", "iptables"),
+        containerd=os.environ.get("PYNODE_CONTAINERD", ""),
     )

@@ -128,4 +128,4 @@ def build_all(cluster: Cluster) -> tuple[list[Path], list[str]]:
 def import_all(cluster: Cluster, archives: list[Path]) -> None:
     for node in cluster.nodes:
         for archive in archives:
-            images.import_archive(archive, node.containerd_socket)
+            images.import_archive(archive, node)

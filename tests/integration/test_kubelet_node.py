@@ -24,7 +24,7 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Node
 
 from localcluster import agents as agent_runner
-from localcluster import containerd, controlplane, procs
+from localcluster import containerd, controlplane, procs, settings
 
 from tests.integration.polling import eventually
 
@@ -117,7 +117,9 @@ def test_registered_node_describes_the_host(joiner, admin, node, cluster):
     assert int(status.allocatable["memory"][:-2]) < int(status.capacity["memory"][:-2])  # less evictionHard
     info = status.nodeInfo
     assert info.kubeletVersion == cluster.version
-    assert info.containerRuntimeVersion.startswith("containerd://1.")
+    expected = "containerd://1.6." if node.runtime == "debian" else \
+        f"containerd://{settings.containerd_versions()[0]}"
+    assert info.containerRuntimeVersion.startswith(expected), info.containerRuntimeVersion
     assert info.operatingSystem == "linux" and info.architecture == "amd64"
     assert info.bootID == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     assert info.kernelVersion == os.uname().release
