@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-static \
-	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl
+	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl \
+	systemd systemd-container debootstrap libsystemd-dev pkg-config
 
 .PHONY: up down status test conformance deps venv upstream proto clean
 
