@@ -7,7 +7,7 @@ APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-
 	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl \
 	systemd systemd-container debootstrap libsystemd-dev pkg-config
 
-.PHONY: up down status test conformance deps venv upstream proto clean
+.PHONY: up down status test conformance deps venv upstream proto wheels clean
 
 up: deps venv
 	$(PY) -m localcluster up
@@ -47,9 +47,16 @@ $(VENV)/.installed: pyproject.toml
 upstream: venv
 	$(PY) -m localcluster build
 
+# The pynode wheel and a wheelhouse of it with every dependency (systemd-python built here, once), for
+# installing on hosts with no compiler and no index: dist/pynode-*.whl and dist/wheelhouse/.
+wheels: venv
+	rm -rf dist
+	$(PY) -m build --wheel --outdir dist .
+	$(PY) -m pip wheel -q --wheel-dir dist/wheelhouse "$$(ls dist/pynode-*.whl)[systemd]"
+
 # Regenerate the committed CRI stubs from src/cri/api.proto.
 proto: venv
 	$(PY) -m cri.generate
 
 clean: down
-	rm -rf $(VENV) src/*.egg-info
+	rm -rf $(VENV) src/*.egg-info dist
