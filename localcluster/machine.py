@@ -183,7 +183,8 @@ class Machine:
 
     @property
     def console_log(self) -> Path:
-        return self.dir / "console.log"
+        """Beside the machine's directory, so that it outlives destroy()."""
+        return MACHINES_DIR / f"{self.name}.console.log"
 
     # -- lifecycle
 
@@ -205,6 +206,12 @@ class Machine:
         (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
         (ssh_dir / "authorized_keys").chmod(0o600)
         (self.root / "etc/machine-id").write_text("")  # a new id at first boot
+        # A container's PID 1 ignores SIGTERM, so at poweroff systemd waits its whole stop timeout before it
+        # kills what pods left running (on any host, without graceful node shutdown); 15 s, not 90, here.
+        conf = self.root / "etc/systemd/system.conf.d/pynode-machine.conf"
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text("[Manager]\nDefaultTimeoutStopSec=15s\n")
+        self.console_log.unlink(missing_ok=True)
         self._network()
 
     def _ip(self, *args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -249,7 +256,7 @@ class Machine:
             time.sleep(0.3)
         raise UpError(f"machine {self.name}: not up with ssh within {timeout:.0f}s; see {self.console_log}")
 
-    def poweroff(self, timeout: float = 90) -> None:
+    def poweroff(self, timeout: float = 120) -> None:
         """`systemctl poweroff` inside, then wait for systemd-nspawn to exit (the tree stays)."""
         if self.process is None or self.process.poll() is not None:
             return
