@@ -7,7 +7,7 @@ APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-
 	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl \
 	systemd systemd-container debootstrap libsystemd-dev pkg-config
 
-.PHONY: up down status test conformance deps venv upstream proto wheels clean
+.PHONY: up down status test conformance node-test deps venv upstream proto wheels clean
 
 up: deps venv
 	$(PY) -m localcluster up
@@ -25,6 +25,11 @@ test: deps venv upstream
 # CONFORMANCE_FOCUS / CONFORMANCE_SKIP are ginkgo regexes, e.g. CONFORMANCE_FOCUS='\[sig-node\].*\[Conformance\]'.
 conformance: deps venv upstream
 	$(PY) -m localcluster conformance
+
+# pynode installed on a booted Debian 12 machine (systemd-nspawn) by the ansible playbook, joined with kubeadm,
+# then checked from outside (tests/integration/test_node_install.py; the README's "make node-test").
+node-test: deps venv upstream
+	$(PY) -m pytest -s --timeout=1200 tests/integration/test_node_install.py
 
 # Debian packages, installed only when one is missing.
 deps:
