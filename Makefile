@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-static \
 	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl \
-	systemd systemd-container debootstrap libsystemd-dev pkg-config
+	systemd systemd-container debootstrap libsystemd-dev pkg-config openssh-client dpkg-dev
 
 .PHONY: up down status test conformance node-test deps venv upstream proto wheels clean
 
