@@ -295,6 +295,7 @@ def test_kubeadm_reset_leaves_the_machine_clean(node):
                         "ctr -n k8s.io containers ls -q; ctr -n k8s.io tasks ls -q | tail -n +2", check=False)
     assert leftovers.stdout.strip() == "", leftovers.stdout
     assert node.unit("kubelet", "ActiveState")["ActiveState"] == "inactive"
+    assert node.unit("kube-proxy", "ActiveState")["ActiveState"] == "inactive"  # PartOf=kubelet.service
     node.kubectl("delete", "node", node.name, "--ignore-not-found")
 
 

@@ -78,7 +78,9 @@ def test_kubelet_starts_after_the_runtime():
 def test_kube_proxy_reads_kubeadms_file():
     assert values("kube-proxy.service", "Service", "ExecStart")[-1].startswith(
         "/usr/bin/kube-proxy --config=/var/lib/kube-proxy/config.conf")
-    assert values("kube-proxy.service", "Unit", "ConditionPathExists") == ["/var/lib/kube-proxy/config.conf"]
+    assert values("kube-proxy.service", "Unit", "ConditionPathExists") == ["/var/lib/kubelet/config.yaml",
+                                                                           "/var/lib/kube-proxy/config.conf"]
+    assert values("kube-proxy.service", "Unit", "PartOf") == ["kubelet.service"]  # kubeadm reset stops it too
 
 
 def test_every_unit_file_is_checked():
