@@ -220,7 +220,10 @@ class Machine:
     def _network(self) -> None:
         ns = self.netns
         self._ip("netns", "add", ns)
-        self._ip("link", "add", self.host_veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        # A fixed MAC per machine: a recreated machine then matches what the host's ARP cache holds for its
+        # address, instead of waiting out the stale entry (seconds to tens of seconds).
+        mac = f"02:70:79:6d:00:{self.index:02x}"  # locally administered; "pym"
+        self._ip("link", "add", self.host_veth, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", ns)
         self._ip("link", "set", self.host_veth, "master", self.cluster.bridge, "up")
         self._ip("link", "set", "lo", "up", netns=ns)
         self._ip("addr", "add", f"{self.ip}/{self.cluster.node_network.prefixlen}", "dev", "eth0", netns=ns)
