@@ -16,9 +16,11 @@ and an ssh key. A machine's own tree is a copy of the base image under /var/lib/
 kept across a poweroff and boot, removed by destroy().
 
 systemd-nspawn runs it with --register=no --keep-unit (no systemd on the host), every capability (the
-sandbox's CAP_SYS_RESOURCE is already gone, hence containerd's restrict_oom_score_adj), the keyring and
-bpf system calls runc uses, and writable /sys so that containerd can drive cgroups; a unit baked into the
-image remounts the cgroup v1 controllers (read-only as nspawn mounts them) writable at boot.
+sandbox's CAP_SYS_RESOURCE is already gone, hence containerd's restrict_oom_score_adj), and the keyring
+and bpf system calls runc uses; a unit baked into the image remounts the cgroup v1 controllers (read-only
+as nspawn mounts them) writable at boot, so that containerd can drive cgroups. Of /proc/sys only net/ (the
+machine's own namespace) is writable: the machine shares the host's kernel, and its systemd-sysctl must
+not set the host's global keys (fs.protected_*, say).
 """
 
 from __future__ import annotations
@@ -241,7 +243,7 @@ class Machine:
              f"--machine={self.name}", f"--network-namespace-path=/run/netns/{self.netns}", "--capability=all",
              "--system-call-filter=@keyring bpf", f"--bind-ro={repo}:/srv/pynode-debs", "--console=passive",
              "--resolv-conf=off", "--timezone=off", "--boot"],
-            env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "1"}, stdin=subprocess.DEVNULL,
+            env={**os.environ, "SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"}, stdin=subprocess.DEVNULL,
             stdout=console, stderr=console, start_new_session=True)
         console.close()
         deadline = started + timeout
