@@ -195,11 +195,10 @@ class Machine:
         if not ipaddress.ip_network(self.pod_subnet).subnet_of(self.cluster.pod_cidr):
             raise UpError(f"machine: {self.pod_subnet} is not inside the cluster's pod CIDR {self.cluster.pod_cidr}")
         image = base_image(self.cluster)
-        repo = package_repository(self.cluster)
+        package_repository(self.cluster)  # built now rather than at boot
         key = ssh_key(self.cluster)
         self.destroy()
         self.dir.mkdir(parents=True)
-        self.repo = repo
         _run("cp", "-a", "--reflink=auto", str(image), str(self.root))
         (self.root / "etc/hostname").write_text(self.name + "\n")
         (self.root / "etc/hosts").write_text(f"127.0.0.1 localhost\n{self.ip} {self.name}\n")
@@ -236,7 +235,7 @@ class Machine:
     def boot(self, timeout: float = 120) -> float:
         """Start systemd in the machine and wait until it is up and answers ssh; returns the seconds taken."""
         started = time.monotonic()
-        repo = getattr(self, "repo", None) or package_repository(self.cluster)
+        repo = package_repository(self.cluster)
         console = open(self.console_log, "ab")
         self.process = subprocess.Popen(
             ["systemd-nspawn", "--register=no", "--keep-unit", "--quiet", f"--directory={self.root}",
