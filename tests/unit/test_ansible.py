@@ -57,3 +57,28 @@ def test_inventory_example_parses():
     proc = run(tool("ansible-inventory"), "-i", "inventory/example/hosts.yml", "--list")
     assert proc.returncode == 0, proc.stderr
     assert '"node-1"' in proc.stdout
+
+
+def test_join_configuration_is_one_kubeadm_accepts(tmp_path):
+    import subprocess
+
+    import jinja2
+    import yaml
+
+    from localcluster import settings
+
+    template = (ANSIBLE / "roles/kubeadm_join/templates/join-configuration.yaml.j2").read_text()
+    text = jinja2.Template(template).render(
+        ansible_managed="test", kubeadm_join_endpoint="10.221.0.1:6443", kubeadm_join_token="abcdef.0123456789abcdef",
+        kubeadm_join_ca_cert_hash="sha256:" + "0" * 64, kubeadm_join_node_name="node-1",
+        kubeadm_join_ignore_preflight_errors=["SystemVerification"])
+    doc = yaml.safe_load(text)
+    assert doc["discovery"]["bootstrapToken"]["token"] == "abcdef.0123456789abcdef"
+    assert doc["nodeRegistration"]["ignorePreflightErrors"] == ["SystemVerification"]
+    kubeadm = settings.load().bin / "kubeadm"
+    if not kubeadm.exists():
+        pytest.skip("kubeadm is not built (python -m localcluster build kubeadm)")
+    (tmp_path / "join.yaml").write_text(text)
+    proc = subprocess.run([str(kubeadm), "config", "validate", f"--config={tmp_path / 'join.yaml'}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
