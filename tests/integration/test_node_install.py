@@ -309,3 +309,22 @@ def test_a_wrong_ca_hash_fails_with_kubeadms_message_and_leaves_the_kubelet_stop
     time.sleep(3)
     state = node.unit("kubelet", "ActiveState", "NRestarts")
     assert state["ActiveState"] == "inactive", state  # waits for a config, not looping
+
+
+def test_a_wrong_token_fails_with_kubeadms_message_and_leaves_the_kubelet_stopped(node):
+    """A token the cluster does not know: no JWS signature for it in cluster-info (kubeadm retries until its
+    discovery timeout, 20 s here instead of 5 min)."""
+    config = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4", "kind": "JoinConfiguration",
+        "discovery": {"bootstrapToken": {"apiServerEndpoint": f"{node.cluster.host_ip}:{node.cluster.apiserver_port}",
+                                         "token": "zzzzzz.0123456789abcdef",
+                                         "caCertHashes": [bootstrap.ca_cert_hash(node.cluster)]}},
+        "nodeRegistration": {"name": node.name, "ignorePreflightErrors": IGNORE_PREFLIGHT},
+        "timeouts": {"discovery": "20s"},
+    }
+    node.sh(f"cat > /root/wrong-token.yaml <<'EOF'\n{yaml.safe_dump(config)}EOF")
+    proc = node.sh("kubeadm join --config=/root/wrong-token.yaml 2>&1", check=False, timeout=300)
+    assert proc.returncode != 0
+    assert "could not find a JWS signature in the cluster-info ConfigMap for token ID" in proc.stdout, proc.stdout
+    state = node.unit("kubelet", "ActiveState", "NRestarts")
+    assert state["ActiveState"] == "inactive", state
