@@ -25,7 +25,9 @@ from localcluster import cluster as local
 
 from tests.integration.polling import eventually
 
-pytestmark = pytest.mark.integration
+# The first test also waits for the module fixture: cold, debootstrap, the package repository, kubeadm, the
+# wheelhouse and the first playbook run take about 4 minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
