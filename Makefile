@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-static \
-	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl libseccomp-dev pkg-config
+	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl libseccomp-dev \
+	systemd systemd-container debootstrap libsystemd-dev pkg-config openssh-client dpkg-dev
 
-.PHONY: up down status test conformance deps venv upstream proto clean
+.PHONY: up down status test conformance node-test deps venv upstream proto wheels clean
 
 up: deps venv
 	$(PY) -m localcluster up
@@ -24,6 +25,11 @@ test: deps venv upstream
 # CONFORMANCE_FOCUS / CONFORMANCE_SKIP are ginkgo regexes, e.g. CONFORMANCE_FOCUS='\[sig-node\].*\[Conformance\]'.
 conformance: deps venv upstream
 	$(PY) -m localcluster conformance
+
+# pynode installed on a booted Debian 12 machine (systemd-nspawn) by the ansible playbook, joined with kubeadm,
+# then checked from outside (tests/integration/test_node_install.py; the README's "make node-test").
+node-test: deps venv upstream
+	$(PY) -m pytest -s --timeout=1200 tests/integration/test_node_install.py
 
 # Debian packages, installed only when one is missing.
 deps:
@@ -46,9 +52,16 @@ $(VENV)/.installed: pyproject.toml
 upstream: venv
 	$(PY) -m localcluster build
 
+# The pynode wheel and a wheelhouse of it with every dependency (systemd-python built here, once), for
+# installing on hosts with no compiler and no index: dist/pynode-*.whl and dist/wheelhouse/.
+wheels: venv
+	rm -rf dist
+	$(PY) -m build --wheel --outdir dist .
+	$(PY) -m pip wheel -q --wheel-dir dist/wheelhouse "$$(ls dist/pynode-*.whl)[systemd]"
+
 # Regenerate the committed CRI stubs from src/cri/api.proto.
 proto: venv
 	$(PY) -m cri.generate
 
 clean: down
-	rm -rf $(VENV) src/*.egg-info
+	rm -rf $(VENV) src/*.egg-info dist

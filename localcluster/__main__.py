@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import cluster, conformance, metrics_server, settings
+from . import bootstrap, cluster, conformance, metrics_server, settings
 from .procs import UpError
 
 
@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop everything up started and remove its state from the host")
     sub.add_parser("status", help="which daemons run (exit 1 if any is down)")
     sub.add_parser("env", help="print the export lines for KUBECONFIG and PATH")
+    sub.add_parser("join-command", help="print the `kubeadm join` line for this cluster (its bootstrap token and "
+                   "CA hash), as `kubeadm token create --print-join-command` does")
     build = sub.add_parser("build", help="build upstream programs into the cache (default: control plane + kubectl)")
     build.add_argument("programs", nargs="*", help="e.g. kubelet kube-proxy")
     msrv = sub.add_parser("metrics-server", help="a test fixture: build metrics-server, run it in the cluster and "
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if all(state.values()) else 1
         elif args.command == "env":
             print(cluster.env_lines(config))
+        elif args.command == "join-command":
+            if not (config.pki / "ca.crt").exists():
+                raise UpError(f"no cluster CA at {config.pki / 'ca.crt'}; run `make up` first")
+            print(" ".join(bootstrap.join_command(config)))
         elif args.command == "build":
             cluster.build_upstream(config, args.programs)
         elif args.command == "conformance":

@@ -1,13 +1,19 @@
-"""The API objects `kubeadm init` creates so that nodes can join by TLS bootstrap.
+"""The API objects `kubeadm init` creates so that nodes can join by TLS bootstrap, or by `kubeadm join`.
 
 A bootstrap token, the RBAC bindings that let its holders post CSRs that are
 auto-approved, the `cluster-info` ConfigMap in kube-public that the
-bootstrap signer signs with the token, and the kubelet-config ConfigMap.
+bootstrap signer signs with the token, the kubelet-config ConfigMap, and what
+`kubeadm join` reads besides: the kubeadm-config ConfigMap (a ClusterConfiguration
+recording that kube-proxy is not a cluster add-on here) and the Role that lets
+bootstrap tokens and nodes read it. With no kube-proxy DaemonSet, a host's
+kube-proxy (pyproxy as a systemd unit) runs with its node's credentials, so
+nodes are bound to system:node-proxier.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import socket
@@ -75,6 +81,48 @@ def kubelet_configuration(cluster: Cluster) -> dict:
     }
 
 
+def cluster_configuration(cluster: Cluster) -> dict:
+    """What `kubeadm init` stores in kubeadm-config (kubeadm.k8s.io/v1beta4), for this control plane."""
+    pki_dir = cluster.pki
+    return {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "ClusterConfiguration",
+        "clusterName": "kubernetes",
+        "kubernetesVersion": cluster.version,
+        "controlPlaneEndpoint": f"{cluster.host_ip}:{cluster.apiserver_port}",
+        "certificatesDir": str(pki_dir),
+        "imageRepository": "registry.k8s.io",
+        "networking": {"dnsDomain": cluster.cluster_domain, "podSubnet": str(cluster.pod_cidr),
+                       "serviceSubnet": str(cluster.service_cidr)},
+        # Debian's etcd, outside kubeadm's static pods.
+        "etcd": {"external": {"endpoints": [f"https://127.0.0.1:{cluster.etcd_client_port}"],
+                              "caFile": str(pki_dir / "etcd/ca.crt"),
+                              "certFile": str(pki_dir / "apiserver-etcd-client.crt"),
+                              "keyFile": str(pki_dir / "apiserver-etcd-client.key")}},
+        "apiServer": {}, "controllerManager": {}, "scheduler": {},
+        # No CoreDNS, and no kube-proxy DaemonSet: hosts run kube-proxy as a systemd unit
+        # (as after `kubeadm init --skip-phases=addon/kube-proxy`).
+        "dns": {"disabled": True},
+        "proxy": {"disabled": True},
+    }
+
+
+def ca_cert_hash(cluster: Cluster) -> str:
+    """kubeadm's --discovery-token-ca-cert-hash: sha256 of the CA certificate's DER SubjectPublicKeyInfo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    ca = x509.load_pem_x509_certificate((cluster.pki / "ca.crt").read_bytes())
+    spki = ca.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def join_command(cluster: Cluster) -> list[str]:
+    """What `kubeadm token create --print-join-command` prints for this cluster."""
+    return ["kubeadm", "join", f"{cluster.host_ip}:{cluster.apiserver_port}", "--token", token(cluster),
+            "--discovery-token-ca-cert-hash", ca_cert_hash(cluster)]
+
+
 def objects(cluster: Cluster) -> list[dict]:
     token_id, token_secret = token(cluster).split(".")
     ca = (cluster.pki / "ca.crt").read_bytes()
@@ -114,6 +162,11 @@ def objects(cluster: Cluster) -> list[dict]:
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubelet-config", "namespace": "kube-system"},
          "data": {"kubelet": yaml.safe_dump(kubelet_configuration(cluster), sort_keys=False)}},
         *_config_reader("kubeadm:kubelet-config", "kubelet-config"),
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "kubeadm-config", "namespace": "kube-system"},
+         "data": {"ClusterConfiguration": yaml.safe_dump(cluster_configuration(cluster), sort_keys=False)}},
+        *_config_reader("kubeadm:nodes-kubeadm-config", "kubeadm-config"),
+        # kube-proxy on the hosts (systemd units) reads Services, EndpointSlices and Nodes as its node.
+        _binding("ClusterRoleBinding", "pynode:node-proxier", "system:node-proxier", [_group("system:nodes")]),
     ]
 
 

@@ -9,6 +9,10 @@ from nodeagent import logs
 
 from .version import KUBERNETES_VERSION
 
+# A flag or config file refused: exit 2 (systemd's EXIT_INVALIDARGUMENT, as argparse), which the units list in
+# RestartPreventExitStatus= so that systemd leaves the unit failed with the message instead of retrying it.
+USAGE_ERROR = 2
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
@@ -22,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parse(args)
     except ConfigError as err:
         print(f"pykubelet: error: {err}", file=sys.stderr)
-        return 1
+        return USAGE_ERROR
     logs.setup(config.verbosity)
     from .kubelet import Kubelet
 

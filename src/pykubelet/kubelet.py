@@ -243,7 +243,9 @@ class Kubelet:
         return lambda worker: PodProbes(worker, runtime, events, self.metrics)
 
     async def _start(self, runtime: CRIClient, tasks: list[asyncio.Task]) -> Api:
+        systemd.notify("STATUS=Obtaining credentials (TLS bootstrap)")
         await self._credentials()
+        systemd.notify(f"STATUS=Registering node {self.name}")
         api = Api(self.config.kubeconfig, observe=self.metrics.rest_request)
         self.node = NodeManager(self.config, api, runtime, self.name, self.ip)
         if self.config.register_node:

@@ -11,7 +11,7 @@ from lightkube.resources.core_v1 import Node
 
 from cri import CRIClient, CRIError
 
-from nodeagent import logs, retry
+from nodeagent import logs, retry, systemd
 from nodeagent.apiclient import is_conflict
 
 from . import nodestatus, timestamps
@@ -36,6 +36,7 @@ class NodeManager:
         self._sent: dict | None = None  # the status last accepted by the apiserver
         self._sent_key: str | None = None
         self._sent_at = 0.0
+        self._status_line = ""  # the last STATUS= sent to systemd
 
     # ------------------------------------------------------------------ registration
 
@@ -142,7 +143,21 @@ class NodeManager:
         elif ready["status"] != "True" and (self.ready or changed):
             log.warning("Node is not ready", node=self.name, reason=ready["reason"], message=ready["message"])
         self.ready = ready["status"] == "True"
+        self._report_status_line(ready)
         return True
+
+    def _report_status_line(self, ready: dict) -> None:
+        """What `systemctl status kubelet` shows on its Status: line, sent to systemd when it changes."""
+        if ready["status"] == "True":
+            line = f"Node {self.name} is Ready"
+        else:
+            line = f"Node {self.name} is not Ready: {ready.get('message') or ready.get('reason')}"
+            if "container runtime is down" in line:
+                line += (f" (nothing answers on {self.config.container_runtime_endpoint}; "
+                         f"retrying every {self.config.node_status_update_frequency:g}s)")
+        if line != self._status_line:
+            self._status_line = line
+            systemd.notify(f"STATUS={line}")
 
     async def run_status_loop(self) -> None:
         while True:

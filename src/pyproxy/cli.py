@@ -12,6 +12,10 @@ from pykubelet.version import KUBERNETES_VERSION
 
 MODES = ("iptables", "nftables", "ipvs")
 
+# A flag or config file refused: exit 2 (systemd's EXIT_INVALIDARGUMENT, as argparse), which the units list in
+# RestartPreventExitStatus= so that systemd leaves the unit failed with the message instead of retrying it.
+USAGE_ERROR = 2
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
@@ -29,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parse(args)
     except ConfigError as err:
         print(f"pyproxy: error: {err}", file=sys.stderr)
-        return 1
+        return USAGE_ERROR
     logs.setup(config.verbosity)
     log = logs.get("server")
     if config.ignored_flags:

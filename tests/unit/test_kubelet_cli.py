@@ -28,7 +28,7 @@ def test_version_is_what_kubeadm_parses():
 ])
 def test_bad_flags_give_one_clear_error(args, message):
     result = run(*args)
-    assert result.returncode != 0
+    assert result.returncode == 2  # the units' RestartPreventExitStatus=: systemd leaves the unit failed
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pykubelet: error:") and message in lines[0]
 
@@ -43,6 +43,6 @@ def test_malformed_config_files_give_one_clear_error(tmp_path, content, message)
     config = tmp_path / "config.yaml"
     config.write_text(content)
     result = run(f"--config={config}")
-    assert result.returncode != 0
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and str(config) in lines[0] and message in lines[0]

@@ -75,3 +75,22 @@ def test_labels_include_the_well_known_ones_and_the_flags():
     assert labels["kubernetes.io/hostname"] == "n1"
     assert labels["kubernetes.io/os"] == "linux" and labels["kubernetes.io/arch"] == "amd64"
     assert labels["role"] == "edge"
+
+
+def test_status_line_for_systemd_names_the_runtime_endpoint(monkeypatch):
+    from types import SimpleNamespace
+
+    from pykubelet import node as node_module
+
+    sent = []
+    monkeypatch.setattr(node_module.systemd, "notify", sent.append)
+    manager = node_module.NodeManager.__new__(node_module.NodeManager)
+    manager.name, manager._status_line = "n1", ""
+    manager.config = SimpleNamespace(container_runtime_endpoint="unix:///run/containerd/containerd.sock",
+                                     node_status_update_frequency=10.0)
+    down = {"type": "Ready", "status": "False", "reason": "KubeletNotReady", "message": "container runtime is down"}
+    manager._report_status_line(down)
+    manager._report_status_line(down)  # unchanged: not sent again
+    manager._report_status_line({"type": "Ready", "status": "True", "reason": "KubeletReady", "message": ""})
+    assert sent == ["STATUS=Node n1 is not Ready: container runtime is down (nothing answers on "
+                    "unix:///run/containerd/containerd.sock; retrying every 10s)", "STATUS=Node n1 is Ready"]

@@ -89,3 +89,10 @@ def test_write_config_to_round_trips(tmp_path):
     path.write_text(render_document(cfg))
     again = parse([f"--config={path}"])
     assert (again.mode, again.min_sync_period, again.hostname) == ("nftables", 3.0, "n1")
+
+
+def test_refused_flag_exits_2_for_the_units_restart_prevent_exit_status(capsys):
+    from pyproxy.cli import main
+
+    assert main(["--bogus-flag"]) == 2
+    assert "--bogus-flag" in capsys.readouterr().err
