@@ -13,6 +13,7 @@ run on the same machine instead of pulling the cluster from under it.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from localcluster import agents as agent_runner
 from localcluster import cluster as local
 from localcluster import lock
 from localcluster import settings
+from pykubelet.volumes import mounts
 
 
 def pytest_collection_modifyitems(config, items):
@@ -68,13 +70,17 @@ def agents(cluster):
 
     The cluster's own pykubelet already runs on each node; `instance` names a second copy.
     """
-    started: list[agent_runner.Agent] = []
+    started: list[tuple[agent_runner.Agent, tuple[str, ...]]] = []
 
     def start(node, program, *flags, instance="test"):
         agent = agent_runner.start(node, program, *flags, instance=instance)
-        started.append(agent)
+        started.append((agent, flags))
         return agent
 
     yield start
-    for agent in started:
+    for agent, _ in started:
         agent.stop()
+    for _, flags in started:  # a test pykubelet's own root dir (bound onto itself to share it) goes unmounted
+        root = next((Path(f.split("=", 1)[1]) for f in flags if f.startswith("--root-dir=")), None)
+        if root is not None and cluster.state not in root.parents:
+            mounts.unmount_all(root)

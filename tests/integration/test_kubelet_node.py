@@ -26,6 +26,7 @@ from lightkube.resources.core_v1 import Node
 from localcluster import agents as agent_runner
 from localcluster import containerd, controlplane, procs, settings
 
+from pykubelet.volumes import mounts
 from tests.integration.polling import eventually
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,7 @@ def joiner(cluster, node, admin, joiner_dir):
     agent = agent_runner.start(node, "pykubelet", *joiner_flags(node, joiner_dir), instance="joiner")
     yield {"agent": agent, "started": started, "dir": joiner_dir}
     procs.stop(cluster, agent.name)
+    mounts.unmount_all(joiner_dir)  # its root dir, which it bound onto itself to share it, as upstream
     try:
         admin.delete(Node, NAME)
     except Exception:  # noqa: BLE001
