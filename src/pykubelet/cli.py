@@ -19,8 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     if "--version" in args or "--version=true" in args:
         print(f"Kubernetes {KUBERNETES_VERSION}")
         return 0
-    from .certificates import BootstrapError
-    from .config import ConfigError, parse
+    from .node.certificates import BootstrapError
+    from .config.kubeletconfig import ConfigError, parse
 
     try:
         config = parse(args)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from nodeagent import logs
 
-from . import qos
+from .pods import qos
 
 log = logs.get(__name__)
 

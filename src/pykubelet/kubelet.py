@@ -15,25 +15,27 @@ from cri import CRIClient
 from nodeagent import logs, systemd
 from nodeagent.listwatch import ListWatch
 
-from . import certificates, healthz, metrics, nodestatus, qos, servicelinks
+from . import metrics
 from .apiclient import Api
-from .config import KubeletConfig, parse_quantity
-from .events import Recorder
+from .config.kubeletconfig import KubeletConfig, parse_quantity
 from .eviction import EvictionManager
-from .kuberuntime import RuntimeManager
-from .logrotation import LogRotation
-from .node import NodeManager
-from .nodelease import NodeLease
-from .pleg import Pleg
-from .podstate import POD_NAME, POD_NAMESPACE
-from .probemanager import PodProbes
-from .podworkers import PodWorkers
+from .node import certificates, healthz, nodestatus
+from .node.nodelease import NodeLease
+from .node.nodemanager import NodeManager
+from .pods import qos, servicelinks
+from .pods.events import Recorder
+from .pods.kuberuntime import RuntimeManager
+from .pods.logrotation import LogRotation
+from .pods.pleg import Pleg
+from .pods.podstate import POD_NAME, POD_NAMESPACE
+from .pods.podworkers import PodWorkers
+from .pods.staticpods import StaticPods
+from .pods.statusmanager import StatusManager
+from .probes.probemanager import PodProbes
 from .server import KubeletServer
 from .stats import PodRef, SummaryProvider
-from .staticpods import StaticPods
-from .statusmanager import StatusManager
-from .volumes import VolumeManager
 from .version import KUBERNETES_VERSION
+from .volumes import VolumeManager
 
 log = logs.get(__name__)
 

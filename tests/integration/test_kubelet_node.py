@@ -192,7 +192,7 @@ def test_runtime_outage_turns_ready_false_and_back(joiner, admin, node, cluster)
 def test_client_certificate_rotation_uses_the_nodes_own_credentials(joiner, admin):
     import asyncio
 
-    from pykubelet import certificates
+    from pykubelet.node import certificates
     from pykubelet.apiclient import Api
 
     eventually(lambda: ready_condition(admin), 60, "the node to register")

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pykubelet import certificates
+from pykubelet.node import certificates
 
 
 def _signed(days: float, start_days_ago: float = 0) -> tuple[bytes, bytes]:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pykubelet import flags
-from pykubelet.config import (
+from pykubelet.config import flags
+from pykubelet.config.kubeletconfig import (
     ConfigError,
     KubeletConfig,
     Taint,

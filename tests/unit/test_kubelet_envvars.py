@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from pykubelet.envvars import ConfigProblem, container_env, expand
+from pykubelet.pods.envvars import ConfigProblem, container_env, expand
 
 # --- expand ----------------------------------------------------------------------------------------
 

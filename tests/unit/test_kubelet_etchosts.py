@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pykubelet import etchosts
+from pykubelet.pods import etchosts
 
 ALIASES = [{"ip": "123.45.67.89", "hostnames": ["foo", "bar"]}, {"ip": "10.0.0.9", "hostnames": ["baz"]}]
 

@@ -7,8 +7,8 @@ import gzip
 import time
 
 from cri import CRIError, api
-from pykubelet.logrotation import LogRotation, clean, log_path, prepare
-from pykubelet.podstate import Container
+from pykubelet.pods.logrotation import LogRotation, clean, log_path, prepare
+from pykubelet.pods.podstate import Container
 
 STAMP = time.mktime((2026, 12, 4, 13, 5, 9, 0, 0, -1))
 

@@ -18,13 +18,14 @@ from cri import CRIClient, CRIError, Unavailable, api
 from cri.client import OPERATIONS
 from nodeagent.apiclient import Api, ObservedTransport
 from nodeagent.metrics import exposition
-from pykubelet import certificates, metrics as kmetrics
-from pykubelet.kuberuntime import ContainerProblem, RuntimeManager
-from pykubelet.pleg import Pleg
-from pykubelet.podstate import Container, PodRuntime, Sandbox
-from pykubelet.podstatus import Facts
-from pykubelet.podworkers import PodWorker, PodWorkers
-from pykubelet.probemanager import PodProbes
+from pykubelet.node import certificates
+from pykubelet import metrics as kmetrics
+from pykubelet.pods.kuberuntime import ContainerProblem, RuntimeManager
+from pykubelet.pods.pleg import Pleg
+from pykubelet.pods.podstate import Container, PodRuntime, Sandbox
+from pykubelet.pods.podstatus import Facts
+from pykubelet.pods.podworkers import PodWorker, PodWorkers
+from pykubelet.probes.probemanager import PodProbes
 from pykubelet.server import auth, routes
 from tests.unit.test_cri_client import ALL_RPCS
 from tests.unit.test_kubelet_certificates import _signed

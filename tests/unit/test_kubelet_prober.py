@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pykubelet import prober
-from pykubelet.prober import ProbeOutcome, ProbeWorker, Result, run_probe
+from pykubelet.probes import prober
+from pykubelet.probes.prober import ProbeOutcome, ProbeWorker, Result, run_probe
 
 IP = "127.0.0.1"
 CONTAINER = {"name": "app"}

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 from nodeagent import systemd
-from pykubelet import healthz
+from pykubelet.node import healthz
 
 
 def test_sd_notify_sends_to_the_notify_socket(tmp_path, monkeypatch):

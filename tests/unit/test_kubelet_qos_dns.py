@@ -7,9 +7,9 @@ from fractions import Fraction
 import pytest
 
 from cri import api
-from pykubelet import qos
-from pykubelet.dns import dns_config, parse_resolv_conf
-from pykubelet.envvars import ConfigProblem
+from pykubelet.pods import qos
+from pykubelet.pods.dns import dns_config, parse_resolv_conf
+from pykubelet.pods.envvars import ConfigProblem
 
 
 def pod(*containers, init=(), spec=None, status=None, uid="u1", namespace="ns1"):

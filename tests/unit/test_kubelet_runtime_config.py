@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from cri import api
-from pykubelet import runtime_config as rc
-from pykubelet.envvars import ConfigProblem
+from pykubelet.pods import runtime_config as rc
+from pykubelet.pods.envvars import ConfigProblem
 
 GiB = 2**30
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from cri import api
-from pykubelet.kuberuntime import RuntimeManager
-from pykubelet.podstate import Container, PodRuntime, Sandbox
-from pykubelet.podstatus import Facts
+from pykubelet.pods.kuberuntime import RuntimeManager
+from pykubelet.pods.podstate import Container, PodRuntime, Sandbox
+from pykubelet.pods.podstatus import Facts
 
 
 class _Volumes:

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import ssl
 
-from pykubelet.config import parse
+from pykubelet.config.kubeletconfig import parse
 from pykubelet.server import KubeletServer
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pykubelet import envvars
-from pykubelet.kuberuntime import RuntimeManager
-from pykubelet.servicelinks import ServiceCache, parse, variables
+from pykubelet.pods import envvars
+from pykubelet.pods.kuberuntime import RuntimeManager
+from pykubelet.pods.servicelinks import ServiceCache, parse, variables
 
 
 def service(namespace, name, ip, *ports):

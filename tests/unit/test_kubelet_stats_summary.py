@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cri import CRIError, api
 
-from pykubelet.podstate import Container, PodRuntime, Sandbox
+from pykubelet.pods.podstate import Container, PodRuntime, Sandbox
 from pykubelet.stats import PodRef, SummaryProvider, as_api, cadvisor_metrics, resource_metrics
 from pykubelet.stats.cgroups import Hierarchies, _dir
 from pykubelet.stats.summary import _CpuRates, network_stats

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pykubelet.envvars import ConfigProblem
+from pykubelet.pods.envvars import ConfigProblem
 from pykubelet.volumes.subpaths import prepare, subpath
 
 ENV = {"POD_NAME": "web-0", "EMPTY": "", "ABS": "/etc", "UP": "..", "TICKS": "`date`"}

@@ -45,7 +45,7 @@ def test_under_systemd_lines_go_to_the_journal_with_fields(monkeypatch, tmp_path
     stream = journal_stream_is_stderr(monkeypatch, tmp_path)
     monkeypatch.setattr(sys, "argv", ["/usr/bin/kubelet"])
     logs.setup()
-    logs.get("pykubelet.podworkers").warning("Pod sync failed", pod="default/web-0", container="app", err="boom")
+    logs.get("pykubelet.pods.podworkers").warning("Pod sync failed", pod="default/web-0", container="app", err="boom")
     stream.flush()
     assert (tmp_path / "stream").read_text() == ""  # nothing on stderr
     [(message, fields)] = fake_journal

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from cri import api
-from pykubelet import nodestatus
-from pykubelet.config import parse_quantity
+from pykubelet.node import nodestatus
+from pykubelet.config.kubeletconfig import parse_quantity
 
 INFO = nodestatus.MachineInfo(
     cpus=4, memory=8 << 30, ephemeral_storage=100 << 30, hugepages={"hugepages-2Mi": 0, "hugepages-1Gi": 1 << 30},
@@ -80,7 +80,7 @@ def test_labels_include_the_well_known_ones_and_the_flags():
 def test_status_line_for_systemd_names_the_runtime_endpoint(monkeypatch):
     from types import SimpleNamespace
 
-    from pykubelet import node as node_module
+    from pykubelet.node import nodemanager as node_module
 
     sent = []
     monkeypatch.setattr(node_module.systemd, "notify", sent.append)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cri import api
-from pykubelet import podstatus
-from pykubelet.backoff import Backoff
-from pykubelet.podstate import Container, PodRuntime, Sandbox
+from pykubelet.pods import podstatus
+from pykubelet.pods.backoff import Backoff
+from pykubelet.pods.podstate import Container, PodRuntime, Sandbox
 
 SANDBOX = Sandbox("sb", 0, api.SANDBOX_READY, 1, ip="10.222.1.9", ips=["10.222.1.9"])
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from cri import api
 from cri.logs import follow_log_batches, parse_timestamp
 
-from ..runtime_config import pod_log_directory
+from ..pods.runtime_config import pod_log_directory
 
 FOLLOW_CHECK = 0.5  # seconds between checks that a followed container still runs
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}

@@ -28,8 +28,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from nodeagent import logs, retry
 
-from .. import certificates
-from ..config import TLS_CIPHER_SUITES, KubeletConfig
+from ..node import certificates
+from ..config.kubeletconfig import TLS_CIPHER_SUITES, KubeletConfig
 
 log = logs.get(__name__)
 

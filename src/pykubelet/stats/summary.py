@@ -26,8 +26,8 @@ import psutil
 from cri import CRIError, api
 from nodeagent import logs
 
-from ..podstate import PodRuntime
-from ..runtime_config import pod_log_directory
+from ..pods.podstate import PodRuntime
+from ..pods.runtime_config import pod_log_directory
 from .cgroups import Hierarchies, Usage, own_cgroup, pid_limits
 
 log = logs.get(__name__)

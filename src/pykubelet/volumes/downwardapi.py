@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .. import envvars
+from ..pods import envvars
 from .atomicwriter import FileProjection
 
 DEFAULT_MODE = 0o644

@@ -11,7 +11,7 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
-from .. import qos
+from ..pods import qos
 from . import mounts
 
 DIR_MODE = 0o777

@@ -21,7 +21,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..envvars import config_problem, expand_with
+from ..pods.envvars import config_problem, expand_with
 from . import mounts
 
 

@@ -14,7 +14,8 @@ from cri import CRIError, api
 
 from nodeagent import logs
 
-from . import podstatus, timestamps
+from . import podstatus
+from .. import timestamps
 from .events import WARNING, Recorder
 from .kuberuntime import RuntimeManager, grace_period, pod_ref
 from .pleg import Pleg

@@ -14,9 +14,10 @@ from cri import CRIClient, CRIError
 from nodeagent import logs, retry, systemd
 from nodeagent.apiclient import is_conflict
 
-from . import nodestatus, timestamps
-from .apiclient import Api
-from .config import KubeletConfig, parse_quantity
+from . import nodestatus
+from .. import timestamps
+from ..apiclient import Api
+from ..config.kubeletconfig import KubeletConfig, parse_quantity
 
 log = logs.get(__name__)
 

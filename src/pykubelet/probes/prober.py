@@ -29,8 +29,8 @@ import grpc
 
 from nodeagent import logs
 
-from . import envvars
-from .version import KUBERNETES_VERSION
+from ..pods import envvars
+from ..version import KUBERNETES_VERSION
 
 log = logs.get(__name__)
 

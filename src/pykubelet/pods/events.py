@@ -14,8 +14,8 @@ import time
 
 from nodeagent import logs
 
-from . import timestamps
-from .apiclient import Api
+from .. import timestamps
+from ..apiclient import Api
 
 log = logs.get(__name__)
 

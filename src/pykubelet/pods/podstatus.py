@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from cri import api
 
-from . import timestamps
+from .. import timestamps
 from .podstate import Container, PodRuntime
-from .timestamps import from_ns
+from ..timestamps import from_ns
 
 
 @dataclass

@@ -13,9 +13,9 @@ import time
 from cri import CRIClient, DeadlineExceeded, api
 
 from nodeagent import logs
-from .events import WARNING, Recorder
+from ..pods.events import WARNING, Recorder
 from .prober import ProbeWorker, Result
-from .podstate import PodRuntime
+from ..pods.podstate import PodRuntime
 
 log = logs.get(__name__)
 

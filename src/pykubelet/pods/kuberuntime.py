@@ -24,7 +24,7 @@ from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime
 from .podstatus import Facts
-from .volumes import MountProblem, VolumeManager, pod_dir, subpaths
+from ..volumes import MountProblem, VolumeManager, pod_dir, subpaths
 
 log = logs.get(__name__)
 
@@ -300,7 +300,7 @@ class RuntimeManager:
     async def run_hook(self, pod: dict, container: dict, container_id: str, hook: dict, pod_ips: list[str],
                        timeout: float) -> str | None:
         """Run an exec, httpGet or sleep hook; returns an error message or None."""
-        from . import prober
+        from ..probes import prober
 
         if "sleep" in hook:
             await asyncio.sleep(min(float(hook["sleep"].get("seconds", 0)), timeout))

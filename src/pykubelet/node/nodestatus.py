@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from .version import KUBERNETES_VERSION
+from ..version import KUBERNETES_VERSION
 
 ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 MAX_IMAGES = 50  # upstream's nodeStatusMaxImages

@@ -9,8 +9,8 @@ from lightkube.resources.coordination_v1 import Lease
 from nodeagent import logs
 from nodeagent.apiclient import is_conflict, is_not_found
 
-from . import timestamps
-from .apiclient import Api
+from .. import timestamps
+from ..apiclient import Api
 
 log = logs.get(__name__)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from nodeagent import logs
-from .apiclient import Api
+from ..apiclient import Api
 
 log = logs.get(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from nodeagent import logs
-from .apiclient import Api
+from ..apiclient import Api
 
 log = logs.get(__name__)
 

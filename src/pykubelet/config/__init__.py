@@ -1,0 +1,1 @@
+"""The kubelet's configuration: KubeletConfiguration files and the upstream kubelet's flags."""

@@ -1,0 +1,1 @@
+"""The Node: registration, status, Lease, certificates and /healthz."""

@@ -1,0 +1,1 @@
+"""Container probes (exec, httpGet, tcpSocket, grpc) and the workers that run them."""
