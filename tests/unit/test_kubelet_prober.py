@@ -1,4 +1,4 @@
-"""Probes against real servers on 127.0.0.1, and the worker's schedule and thresholds."""
+"""Probe actions (handlers) against real servers on 127.0.0.1, and the worker's schedule and thresholds."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pykubelet.probes import prober
-from pykubelet.probes.prober import ProbeOutcome, ProbeWorker, Result, run_probe
+from pykubelet import handlers
+from pykubelet.handlers import ProbeOutcome, Result, run_probe
+from pykubelet.probes.prober import ProbeWorker
 
 IP = "127.0.0.1"
 CONTAINER = {"name": "app"}
@@ -334,10 +335,10 @@ def test_grpc_closed_port_times_out():
 
 
 def test_health_messages_encode_and_decode():
-    assert prober.encode_health_request("") == b""
-    assert prober.encode_health_request("a" * 200) == b"\x0a\xc8\x01" + b"a" * 200
-    assert prober.decode_health_status(b"") == 0
-    assert prober.decode_health_status(b"\x12\x03abc\x08\x02") == 2
+    assert handlers.encode_health_request("") == b""
+    assert handlers.encode_health_request("a" * 200) == b"\x0a\xc8\x01" + b"a" * 200
+    assert handlers.decode_health_status(b"") == 0
+    assert handlers.decode_health_status(b"\x12\x03abc\x08\x02") == 2
 
 
 # --- exec and the rest ---------------------------------------------------------------------
@@ -389,7 +390,7 @@ def test_probe_without_a_handler_is_unknown():
 
 
 def test_go_durations():
-    assert [prober._duration(s) for s in (1, 0.05, 1.5, 60, 90, 3600)] == ["1s", "50ms", "1.5s", "1m0s", "1m30s",
+    assert [handlers._duration(s) for s in (1, 0.05, 1.5, 60, 90, 3600)] == ["1s", "50ms", "1.5s", "1m0s", "1m30s",
                                                                            "1h0m0s"]
 
 

@@ -24,6 +24,7 @@ from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime
 from .podstatus import Facts
+from .. import handlers
 from ..volumes import MountProblem, VolumeManager, pod_dir, subpaths
 
 log = logs.get(__name__)
@@ -300,8 +301,6 @@ class RuntimeManager:
     async def run_hook(self, pod: dict, container: dict, container_id: str, hook: dict, pod_ips: list[str],
                        timeout: float) -> str | None:
         """Run an exec, httpGet or sleep hook; returns an error message or None."""
-        from ..probes import prober
-
         if "sleep" in hook:
             await asyncio.sleep(min(float(hook["sleep"].get("seconds", 0)), timeout))
             return None
@@ -316,10 +315,10 @@ class RuntimeManager:
                 return f"command {hook['exec'].get('command')!r} exited with {result.exit_code}: {output}"
             return None
         if "httpGet" in hook:
-            outcome = await prober.run_probe({"httpGet": hook["httpGet"], "timeoutSeconds": max(int(timeout), 1)},
+            outcome = await handlers.run_probe({"httpGet": hook["httpGet"], "timeoutSeconds": max(int(timeout), 1)},
                                              container=container, pod_ip=pod_ips[0] if pod_ips else self.node_ip,
                                              exec_fn=None)
-            return None if outcome.result == prober.Result.SUCCESS else outcome.message
+            return None if outcome.result == handlers.Result.SUCCESS else outcome.message
         return f"unsupported lifecycle hook {sorted(hook)}"
 
     async def kill_container(self, pod: dict, container: dict | None, container_id: str, reason: str,

@@ -14,7 +14,8 @@ from cri import CRIClient, DeadlineExceeded, api
 
 from nodeagent import logs
 from ..pods.events import WARNING, Recorder
-from .prober import ProbeWorker, Result
+from ..handlers import Result
+from .prober import ProbeWorker
 from ..pods.podstate import PodRuntime
 
 log = logs.get(__name__)
