@@ -19,6 +19,7 @@ from lightkube import AsyncClient, KubeConfig
 from lightkube.config import client_adapter
 
 from . import logs
+from .h2watch import H2Client
 
 log = logs.get(__name__)
 
@@ -62,7 +63,7 @@ class Api:
         self.field_manager = field_manager
         self.observe = observe
         self.client = self._connect()
-        self._watch_client: AsyncClient | None = None
+        self._watch_client: H2Client | None = None
 
     def _connect(self) -> AsyncClient:
         config = KubeConfig.from_file(str(self.kubeconfig)) if self.kubeconfig else KubeConfig.from_env()
@@ -83,33 +84,26 @@ class Api:
         old_watch, self._watch_client = self._watch_client, None
         await old.close()
         if old_watch is not None:
-            await old_watch.close()
+            await old_watch.aclose()
         log.info("Reloaded API credentials", kubeconfig=self.kubeconfig)
 
     async def close(self) -> None:
         await self.client.close()
         if self._watch_client is not None:
-            await self._watch_client.close()
+            await self._watch_client.aclose()
 
     @property
-    def watch_http(self) -> httpx2.AsyncClient:
-        """A second client, for many long watches (the kubelet's, one per ConfigMap and Secret its pods mount).
-
-        Each watch holds a connection: HTTP/2 would share one, but httpx's HTTP/2 stalled every request of
-        the connection after a while here. So they get a pool of their own with no limit, where they can
-        never starve the requests on `http` (lease, status, events) of the 100 connections it allows.
-        """
+    def watch_http(self) -> H2Client:
+        """A client for many long watches (the kubelet's, one per ConfigMap and Secret its pods mount): HTTP/2,
+        so that they are streams of one connection (nodeagent/h2watch.py), apart from the requests on `http`."""
         if self._watch_client is None:
             config = KubeConfig.from_file(str(self.kubeconfig)) if self.kubeconfig else KubeConfig.from_env()
             single = config.get()
             tls = client_adapter.verify_cluster(single.cluster, single.user, single.abs_file)
-            transport = httpx2.AsyncHTTPTransport(
-                verify=tls, limits=httpx2.Limits(max_connections=None, max_keepalive_connections=0))
-            self._watch_client = AsyncClient(config=config, field_manager=self.field_manager,
-                                             timeout=httpx2.Timeout(REQUEST_TIMEOUT),
-                                             transport=transport if self.observe is None else
-                                             ObservedTransport(transport, self.observe))
-        return self._watch_client._client._client
+            token = single.user.token if single.user else None
+            self._watch_client = H2Client(single.cluster.server, tls,
+                                          {"Authorization": f"Bearer {token}"} if token else None)
+        return self._watch_client
 
     @property
     def http(self) -> httpx2.AsyncClient:
