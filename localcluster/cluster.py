@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import agents, bootstrap, cgroups, containerd, controlplane, images, network, pki, procs, sample
-from .settings import CONTAINERD_DIR, UPSTREAM_DIR, Cluster, Node
+from . import agents, bootstrap, cgroups, containerd, controlplane, dns, images, network, pki, procs, sample
+from .settings import CONTAINERD_DIR, COREDNS_DIR, UPSTREAM_DIR, Cluster, Node
 
 REQUIRED_TOOLS = {
     "ip": "iproute2", "nsenter": "util-linux", "containerd": "containerd", "runc": "runc", "ctr": "containerd",
@@ -41,20 +41,24 @@ def build_upstream(cluster: Cluster, programs: list[str] | None = None) -> None:
         raise procs.UpError(f"upstream build failed (exit {proc.returncode}); its output is above")
 
 
-def build_runtime(cluster: Cluster) -> None:
-    """containerd 2.x and runc, unless the nodes run Debian's (seconds when cached)."""
-    if all(node.runtime == "debian" for node in cluster.nodes):
-        return
-    proc = subprocess.run([str(CONTAINERD_DIR / "build.sh")], env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
+def _build(cluster: Cluster, recipe: Path, what: str) -> None:
+    proc = subprocess.run([str(recipe / "build.sh")], env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
     if proc.returncode != 0:
-        raise procs.UpError(f"containerd build failed (exit {proc.returncode}); its output is above")
+        raise procs.UpError(f"{what} build failed (exit {proc.returncode}); its output is above")
+
+
+def build_node_programs(cluster: Cluster) -> None:
+    """containerd 2.x and runc (unless every node runs Debian's) and CoreDNS; seconds when cached."""
+    if any(node.runtime != "debian" for node in cluster.nodes):
+        _build(cluster, CONTAINERD_DIR, "containerd")
+    _build(cluster, COREDNS_DIR, "CoreDNS")
 
 
 def up(cluster: Cluster) -> None:
     started = time.monotonic()
     preflight(cluster)
     build_upstream(cluster)
-    build_runtime(cluster)
+    build_node_programs(cluster)
     try:
         cluster.state.mkdir(parents=True, exist_ok=True)
         pki.ensure(cluster)
@@ -74,6 +78,9 @@ def up(cluster: Cluster) -> None:
             if not procs.running(cluster, f"pyproxy-{node.name}"):
                 agents.start(node, "pyproxy", *agents.proxy_flags(node))
             agents.wait_proxy_ready(node)
+        dns.apply(cluster, images.coredns_name(cluster))
+        dns.wait(cluster)
+        log(f"cluster DNS: CoreDNS behind kube-dns at {cluster.dns_service_ip}")
         log("sample workload:\n" + sample.run(cluster, images.busybox_name(cluster)))
         node = cluster.nodes[0]
         log(f"through its Service (NodePort {node.ip}:{sample.NODE_PORT}): "

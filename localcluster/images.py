@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import busybox, debian
 from .procs import UpError
-from .settings import Cluster, metrics_server_version
+from .settings import Cluster, coredns_version, metrics_server_version
 
 
 @dataclass(frozen=True)
@@ -259,9 +259,30 @@ def busybox_image(cluster: Cluster) -> Image:
                  entries=busybox_entries(cluster), cmd=["sh"])
 
 
+def coredns_name(cluster: Cluster) -> str:
+    """The name kubeadm's Deployment uses."""
+    return f"registry.k8s.io/coredns/coredns:{coredns_version()}"
+
+
+def coredns_image(cluster: Cluster) -> Image:
+    """CoreDNS as upstream's image has it (one static binary, USER 65532), from the binary that
+    localcluster/upstream/coredns/build.sh put in the cache."""
+    binary = cluster.coredns_bin / "coredns"
+    if not binary.is_file():
+        raise UpError(f"images: {binary} is missing; run localcluster/upstream/coredns/build.sh first")
+    entries = [
+        Entry("coredns", binary.read_bytes()),
+        Entry("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:"
+              b"/sbin/nologin\n", 0o644),
+        Entry("etc/group", b"root:x:0:\nnonroot:x:65532:\n", 0o644),
+    ]
+    return Image(names=[coredns_name(cluster)], entries=entries, entrypoint=["/coredns"], user="65532")
+
+
 CATALOG: dict[str, Callable[[Cluster], Image]] = {
     "pause": pause_image,
     "busybox": busybox_image,
+    "coredns": coredns_image,
 }
 
 

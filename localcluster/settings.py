@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_DIR = REPO / "localcluster" / "upstream"
 METRICS_SERVER_DIR = UPSTREAM_DIR / "metrics-server"
 CONTAINERD_DIR = UPSTREAM_DIR / "containerd"
+COREDNS_DIR = UPSTREAM_DIR / "coredns"
 RUNTIMES = ("upstream", "debian")  # PYNODE_CONTAINERD: containerd 2.x built here, or Debian 12's 1.6
 
 
@@ -41,6 +42,15 @@ def metrics_server_version() -> str:
     match = re.search(r"^require sigs\.k8s\.io/metrics-server (v\d+\.\d+\.\d+)", text, re.M)
     if not match:
         raise RuntimeError(f"no 'require sigs.k8s.io/metrics-server vX.Y.Z' line in {METRICS_SERVER_DIR / 'go.mod'}")
+    return match.group(1)
+
+
+def coredns_version() -> str:
+    """The pinned CoreDNS release (what kubeadm deploys), read from its build recipe's go.mod."""
+    text = (COREDNS_DIR / "go.mod").read_text()
+    match = re.search(r"^require github\.com/coredns/coredns (v\d+\.\d+\.\d+)", text, re.M)
+    if not match:
+        raise RuntimeError(f"no 'require github.com/coredns/coredns vX.Y.Z' line in {COREDNS_DIR / 'go.mod'}")
     return match.group(1)
 
 
@@ -198,6 +208,11 @@ class Cluster:
     def metrics_server_bin(self) -> Path:
         """Where localcluster/upstream/metrics-server/build.sh puts the fixture's binary."""
         return self.cache / "upstream" / f"metrics-server-{metrics_server_version()}" / "bin"
+
+    @property
+    def coredns_bin(self) -> Path:
+        """Where localcluster/upstream/coredns/build.sh puts CoreDNS."""
+        return self.cache / "upstream" / f"coredns-{coredns_version()}" / "bin"
 
     @property
     def images(self) -> Path:
