@@ -264,19 +264,29 @@ def coredns_name(cluster: Cluster) -> str:
     return f"registry.k8s.io/coredns/coredns:{coredns_version()}"
 
 
-def coredns_image(cluster: Cluster) -> Image:
-    """CoreDNS as upstream's image has it (one static binary, USER 65532), from the binary that
-    localcluster/upstream/coredns/build.sh put in the cache."""
-    binary = cluster.coredns_bin / "coredns"
+def static_binary_image(name: str, binary: Path, recipe: str, user: tuple[str, int], *extra: Entry) -> Image:
+    """An image of one static binary at /<its name>, run as `user` (name, uid; its group has the same id) with
+    an /etc/passwd and /etc/group naming root and that user, as distroless images are made. `recipe` is the
+    build script that puts `binary` in the cache, named when it is missing."""
     if not binary.is_file():
-        raise UpError(f"images: {binary} is missing; run localcluster/upstream/coredns/build.sh first")
+        raise UpError(f"images: {binary} is missing; run {recipe} first")
+    account, uid = user
+    group = {"nobody": "nogroup"}.get(account, account)
+    home = "/nonexistent" if account == "nobody" else f"/home/{account}"
     entries = [
-        Entry("coredns", binary.read_bytes()),
-        Entry("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:"
-              b"/sbin/nologin\n", 0o644),
-        Entry("etc/group", b"root:x:0:\nnonroot:x:65532:\n", 0o644),
+        Entry(binary.name, binary.read_bytes()),
+        Entry("etc/passwd", f"root:x:0:0:root:/root:/sbin/nologin\n{account}:x:{uid}:{uid}:{account}:{home}:"
+              "/sbin/nologin\n".encode(), 0o644),
+        Entry("etc/group", f"root:x:0:\n{group}:x:{uid}:\n".encode(), 0o644),
+        *extra,
     ]
-    return Image(names=[coredns_name(cluster)], entries=entries, entrypoint=["/coredns"], user="65532")
+    return Image(names=[name], entries=entries, entrypoint=[f"/{binary.name}"], user=str(uid))
+
+
+def coredns_image(cluster: Cluster) -> Image:
+    """CoreDNS as upstream's image has it (one static binary, USER 65532 nonroot)."""
+    return static_binary_image(coredns_name(cluster), cluster.coredns_bin / "coredns",
+                               "localcluster/upstream/coredns/build.sh", ("nonroot", 65532))
 
 
 CATALOG: dict[str, Callable[[Cluster], Image]] = {
@@ -292,20 +302,10 @@ def metrics_server_name(cluster: Cluster) -> str:
 
 
 def metrics_server_image(cluster: Cluster) -> Image:
-    """metrics-server as upstream's Dockerfile makes it (one static binary, USER 65534), from the binary that
-    localcluster/upstream/metrics-server/build.sh put in the cache."""
-    binary = cluster.metrics_server_bin / "metrics-server"
-    if not binary.is_file():
-        raise UpError(f"images: {binary} is missing; run localcluster/upstream/metrics-server/build.sh first")
-    entries = [
-        Entry("metrics-server", binary.read_bytes()),
-        Entry("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:"
-              b"/sbin/nologin\n", 0o644),
-        Entry("etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644),
-        Entry("tmp", mode=0o1777),
-    ]
-    return Image(names=[metrics_server_name(cluster)], entries=entries, entrypoint=["/metrics-server"],
-                 user="65534")
+    """metrics-server as upstream's Dockerfile makes it (one static binary, USER 65534, a writable /tmp)."""
+    return static_binary_image(metrics_server_name(cluster), cluster.metrics_server_bin / "metrics-server",
+                               "localcluster/upstream/metrics-server/build.sh", ("nobody", 65534),
+                               Entry("tmp", mode=0o1777))
 
 
 ON_DEMAND: dict[str, Callable[[Cluster], Image]] = {
