@@ -126,9 +126,11 @@ def test_kubectl_attach_reaches_the_container_stdin(admin, cluster, node, namesp
     wait_pod(admin, namespace, "reader", lambda p: p.status.phase == "Succeeded", what="Succeeded")
 
 
-def test_kubectl_run_interactive_and_removed(cluster, namespace):
+def test_kubectl_run_interactive_and_removed(cluster, node, namespace):
+    on_node = json.dumps({"spec": {"nodeSelector": {"kubernetes.io/hostname": node.name}}})  # the node under test
     out = kubectl(cluster, "-n", namespace, "run", "once", f"--image={BUSYBOX}", "--restart=Never", "-i", "--rm",
-                  "--command", "--", "sh", "-c", "read x; echo ran:$x", input="run-stdin\n", timeout=120)
+                  f"--overrides={on_node}", "--command", "--", "sh", "-c", "read x; echo ran:$x",
+                  input="run-stdin\n", timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ran:run-stdin" in out.stdout
     gone = kubectl(cluster, "-n", namespace, "get", "pod", "once")
