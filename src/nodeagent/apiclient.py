@@ -69,10 +69,15 @@ class Api:
         config = KubeConfig.from_file(str(self.kubeconfig)) if self.kubeconfig else KubeConfig.from_env()
         client = AsyncClient(config=config, field_manager=self.field_manager,
                              timeout=httpx2.Timeout(REQUEST_TIMEOUT))
+        http = client._client._client
+        # httpx keeps 20 idle connections of the 100 it may open; a burst (status, events and tokens of 30
+        # pods starting at once) would then close and reopen TLS connections over and over: keep them all.
+        pool = getattr(http._transport, "_pool", None)
+        if pool is not None:
+            pool._max_keepalive_connections = pool._max_connections
         if self.observe is not None:
             # httpx builds its transport (TLS from the kubeconfig) itself; we wrap the one it built, and any
             # proxy transport it mounted from the environment.
-            http = client._client._client
             http._transport = ObservedTransport(http._transport, self.observe)
             http._mounts = {pattern: ObservedTransport(transport, self.observe) if transport is not None else None
                             for pattern, transport in http._mounts.items()}

@@ -115,7 +115,8 @@ def write(target: Path, payload: Mapping[str, FileProjection],
             version.chmod(0o755)  # group and others must be able to walk in, whatever the umask
             for path, projection in payload.items():
                 file = version / path
-                file.parent.mkdir(parents=True, exist_ok=True)
+                if "/" in path:
+                    file.parent.mkdir(parents=True, exist_ok=True)
                 file.write_bytes(projection.data)
                 file.chmod(projection.mode)
                 if projection.fs_user is not None:

@@ -265,12 +265,12 @@ class VolumeManager:
         digest = _digest(payload)
         if held is not None and held.digest == digest:
             return held.prepared
-        if kind in ON_TMPFS:
+        if held is None:  # first set-up (of this pykubelet): the mount point, the tmpfs, nested mount points
             path.mkdir(parents=True, exist_ok=True)
-            if not mounts.is_tmpfs_mounted(path):
+            if kind in ON_TMPFS and not mounts.is_tmpfs_mounted(path):
                 mounts.mount_tmpfs(path, emptydir.tmpfs_size(pod, None, self.node_allocatable.get("memory")))
-        for directory in nested_mount_points(pod, name):
-            (path / directory).mkdir(mode=0o755, parents=True, exist_ok=True)
+            for directory in nested_mount_points(pod, name):
+                (path / directory).mkdir(mode=0o755, parents=True, exist_ok=True)
         group = ownership.fs_group(pod)
         try:
             written = atomicwriter.write(path, payload, set_permissions=None if group is None else
