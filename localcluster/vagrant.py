@@ -293,12 +293,20 @@ def prepare(cluster: Cluster, workers: int, proxy_mode: str, agents: str = "pyno
         raise UpError("vagrant: the local cluster is not running; `make up` first")
     local.build_upstream(cluster, ["kubeadm", *(["kubelet", "kube-proxy"] if agents == "upstream" else [])])
     box()
-    wheels = wheelhouse(STATE.parent / "pynode-vagrant-dist") if agents == "pynode" else None
+    wheels = wheelhouse(DIST) if agents == "pynode" else None
     net_up(cluster, workers)
-    env = environment(cluster, workers, proxy_mode, agents, wheels)
+    return local_environment(cluster, workers, proxy_mode, agents)
+
+
+DIST = STATE.parent / "pynode-vagrant-dist"  # the wheelhouse prepare() builds
+
+
+def local_environment(cluster: Cluster, workers: int, proxy_mode: str, agents: str = "pynode") -> dict[str, str]:
+    """The PYNODE_* variables for VMs of this machine's local cluster (what prepare() returns)."""
+    env = environment(cluster, workers, proxy_mode, agents, DIST / "wheelhouse" if agents == "pynode" else None)
     env["PYNODE_SERVICE_ROUTE_VIA"] = cluster.host_ip
     # Software emulation unless told otherwise: on this project's machine /dev/kvm opens and a guest gets as far
-    # as GRUB, but its kernel hangs at entry (nested virtualisation), while QEMU's TCG boots it in about 20 s.
+    # as GRUB, but its kernel hangs at entry (nested virtualisation), while QEMU's TCG boots it in about 45 s.
     env["PYNODE_LIBVIRT_DRIVER"] = os.environ.get("PYNODE_LIBVIRT_DRIVER") or "qemu"
     return env
 
