@@ -5,9 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-static \
 	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl libseccomp-dev \
-	systemd systemd-container debootstrap libsystemd-dev pkg-config openssh-client dpkg-dev
+	systemd systemd-container debootstrap libsystemd-dev pkg-config openssh-client dpkg-dev \
+	vagrant vagrant-libvirt shellcheck
+# What the VMs of vagrant/ need beyond that (make vagrant-deps): QEMU, libvirt and its dnsmasq, and the box
+# script's disk tools.
+VAGRANT_APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients dnsmasq-base fdisk
 
-.PHONY: up down status test conformance node-test deps venv upstream proto wheels clean
+.PHONY: up down status test conformance node-test deps venv upstream proto wheels clean \
+	vagrant-deps vagrant-box vagrant-up vagrant-destroy vagrant-test
 
 up: deps venv
 	$(PY) -m localcluster up
@@ -30,6 +35,29 @@ conformance: deps venv upstream
 # then checked from outside (tests/integration/test_node_install.py; the README's "make node-test").
 node-test: deps venv upstream
 	$(PY) -m pytest -s --timeout=1200 tests/integration/test_node_install.py
+
+# pynode workers as VMs joined to the local cluster (vagrant/; the README's "Vagrant VMs"). VAGRANT_WORKERS,
+# VAGRANT_PROXY_MODE (iptables) and VAGRANT_AGENTS (pynode | upstream) choose.
+VAGRANT_WORKERS ?= 2
+VAGRANT_PROXY_MODE ?= iptables
+VAGRANT_AGENTS ?= pynode
+
+vagrant-deps: deps
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$(VAGRANT_APT_PACKAGES)"
+
+vagrant-box: vagrant-deps
+	vagrant/box/build.sh
+
+vagrant-up: vagrant-deps venv upstream
+	$(PY) -m localcluster vagrant up --workers=$(VAGRANT_WORKERS) --proxy-mode=$(VAGRANT_PROXY_MODE) \
+		--agents=$(VAGRANT_AGENTS)
+
+vagrant-destroy: venv
+	$(PY) -m localcluster vagrant destroy
+
+# The VM tests: two workers in the IPVS mode, real traffic, a reboot, a failing worker; then destroyed.
+vagrant-test: vagrant-deps venv upstream
+	PYNODE_VAGRANT_TEST=1 $(PY) -m pytest -s -v --timeout=5400 tests/vagrant
 
 # Debian packages, installed only when one is missing.
 deps:

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import bootstrap, cluster, conformance, metrics_server, settings
+from . import bootstrap, cluster, conformance, metrics_server, settings, vagrant
 from .procs import UpError
 
 
@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("--focus", default=os.environ.get("CONFORMANCE_FOCUS") or conformance.DEFAULT_FOCUS)
     conf.add_argument("--skip", default=os.environ.get("CONFORMANCE_SKIP", ""))
     conf.add_argument("--procs", type=int, default=int(os.environ.get("CONFORMANCE_PROCS") or conformance.DEFAULT_PROCS))
+    vms = sub.add_parser("vagrant", help="pynode workers as VMs (vagrant/), joined to this cluster: up, destroy, "
+                         "status, env (the PYNODE_* lines for running vagrant by hand), net-up, net-down")
+    vms.add_argument("action", choices=("up", "destroy", "status", "env", "net-up", "net-down"))
+    vms.add_argument("--workers", type=int, default=int(os.environ.get("PYNODE_WORKERS") or 2))
+    vms.add_argument("--proxy-mode", default=os.environ.get("PYNODE_PROXY_MODE") or "iptables")
+    vms.add_argument("--agents", default=os.environ.get("PYNODE_AGENTS") or "pynode")
     args = parser.parse_args(argv)
 
     config = settings.load()
@@ -53,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             cluster.build_upstream(config, args.programs)
         elif args.command == "conformance":
             conformance.run(config, focus=args.focus, skip=args.skip, processes=args.procs)
+        elif args.command == "vagrant":
+            return vagrant.main(config, args.action, workers=args.workers, proxy_mode=args.proxy_mode,
+                                agents=args.agents)
         elif args.command == "metrics-server" and args.remove:
             metrics_server.remove(config)
         elif args.command == "metrics-server":
