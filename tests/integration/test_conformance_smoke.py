@@ -91,6 +91,7 @@ SPECS = [
 ]
 
 
+@pytest.mark.timeout(900)  # about a minute on a quiet machine; a busy one (QEMU VMs beside it) took over 5
 def test_the_smoke_specs_pass_on_pynode_nodes(cluster):
     conformance.build(cluster)
     out = conformance.measure(cluster, conformance.exact(SPECS), processes=4)
