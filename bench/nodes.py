@@ -290,7 +290,8 @@ def machine_facts(cluster, pykubelet_pid: int) -> dict[str, str]:
         "kernel": platform.release(),
         "cgroups": "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1 (hybrid)",
         "Kubernetes": f"{cluster.version} (upstream kubelet: {output(str(cluster.bin / 'kubelet'), '--version')})",
-        "containerd": output("containerd", "--version"),
+        # The containerd the nodes run (the local cluster builds 2.x; PYNODE_CONTAINERD=debian keeps Debian's).
+        "containerd": output(cluster.nodes[0].runtime_program("containerd") or "containerd", "--version"),
         # The interpreter pykubelet runs on, from its own command line.
         "python": output(psutil.Process(pykubelet_pid).cmdline()[0], "--version"),
         "pynode": output("git", "-C", str(settings.REPO), "describe", "--always", "--dirty"),

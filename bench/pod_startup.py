@@ -403,24 +403,29 @@ def main(argv: list[str] | None = None) -> int:
             delete_namespaces(client, stale, timeout=120)
         return run(cluster, client, args)
 
-    return run_beside_upstream(RESULTS, body, errors=(ApiError,), teardown=remove_batches)
+    return run_beside_upstream(RESULTS, body, errors=(ApiError,), teardown=remove_leftovers(ours, timeout=120))
 
-def remove_batches(client, node: Node) -> None:
-    """After an error or Ctrl-C: delete the batches still there, while pynode-n2's kubelet can still stop its pods."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-    try:
-        if left := ours(client):
-            log(f"deleting {', '.join(left)}")
-            _, what = delete_namespaces(client, left, timeout=120)
-            if what:
-                log(f"warning: {what}")
-                for name in left:  # pynode-n2's are about to lose their node: remove them from the API
-                    for p in client.list(Pod, namespace=name, fields={"spec.nodeName": node.name}):
-                        client.delete(Pod, p.metadata.name, namespace=name, grace_period=0)
-    except Exception as err:  # noqa: BLE001 - the apiserver may be gone; say so and go on
-        log(f"could not delete the benchmark's namespaces ({PREFIX}*): {err}")
+def remove_leftovers(list_ours, timeout: float):
+    """A teardown for run_beside_upstream: after an error or Ctrl-C, delete the benchmark's namespaces still there
+    (list_ours(client) names them) while pynode-n2's kubelet can still stop their pods."""
 
+    def teardown(client, node: Node) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
+        left = []
+        try:
+            if left := list_ours(client):
+                log(f"deleting {', '.join(left)}")
+                _, what = delete_namespaces(client, left, timeout=timeout)
+                if what:
+                    log(f"warning: {what}")
+                    for name in left:  # pynode-n2's are about to lose their node: remove them from the API
+                        for p in client.list(Pod, namespace=name, fields={"spec.nodeName": node.name}):
+                            client.delete(Pod, p.metadata.name, namespace=name, grace_period=0)
+        except Exception as err:  # noqa: BLE001 - the apiserver may be gone; say so and go on
+            log(f"could not delete the benchmark's namespaces ({', '.join(left) or 'unlisted'}): {err}")
+
+    return teardown
 
 if __name__ == "__main__":
     sys.exit(main())

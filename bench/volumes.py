@@ -52,7 +52,8 @@ from localcluster import bootstrap, procs
 from localcluster.settings import Node
 
 from .nodes import MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
-from .pod_startup import Agent, delete_namespaces, describe, log_excerpt, make_namespace, percentile, ready
+from .pod_startup import (Agent, delete_namespaces, describe, log_excerpt, make_namespace, percentile, ready,
+                          remove_leftovers)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "volumes.md"
 IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # imported into both nodes' containerd
@@ -815,24 +816,7 @@ def main(argv: list[str] | None = None) -> int:
             delete_namespaces(client, stale, timeout=300)
         return run(cluster, client, args)
 
-    return run_beside_upstream(RESULTS, body, errors=(ApiError, subprocess.SubprocessError), teardown=remove_ours)
-
-
-def remove_ours(client, node: Node) -> None:
-    """After an error or Ctrl-C: delete the namespaces still there, while pynode-n2's kubelet can stop its pods."""
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
-    try:
-        if left := ours(client):
-            log(f"deleting {', '.join(left)}")
-            _, what = delete_namespaces(client, left, timeout=300)
-            if what:
-                log(f"warning: {what}")
-                for name in left:  # pynode-n2's are about to lose their node: remove them from the API
-                    for p in client.list(Pod, namespace=name, fields={"spec.nodeName": node.name}):
-                        client.delete(Pod, p.metadata.name, namespace=name, grace_period=0)
-    except Exception as err:  # noqa: BLE001 - the apiserver may be gone; say so and go on
-        log(f"could not delete the benchmark's namespaces ({PREFIX}*): {err}")
+    return run_beside_upstream(RESULTS, body, errors=(ApiError, subprocess.SubprocessError), teardown=remove_leftovers(ours, timeout=300))
 
 
 if __name__ == "__main__":
