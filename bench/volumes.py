@@ -35,7 +35,6 @@ import dataclasses
 import datetime
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,6 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Secret
 
 from localcluster import agents as local_agents
 from localcluster import bootstrap, procs
-from localcluster.settings import Node
 
 from .nodes import MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
 from .pod_startup import (Agent, delete_namespaces, describe, log_excerpt, make_namespace, percentile, ready,
