@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import bootstrap
+from . import bootstrap, wheels
 from .procs import UpError
 from .settings import Cluster
 
@@ -272,19 +272,6 @@ def box() -> str:
     return proc.stdout.strip()
 
 
-def wheelhouse(into: Path) -> Path:
-    """What `make wheels` builds: the pynode wheel and every dependency as wheels (systemd-python built here)."""
-    into.mkdir(parents=True, exist_ok=True)
-    for old in into.glob("pynode-*.whl"):
-        old.unlink()
-    _run(sys.executable, "-m", "build", "--wheel", "--outdir", str(into), str(REPO), timeout=900)
-    wheel = next(into.glob("pynode-*.whl"))
-    shutil.rmtree(into / "wheelhouse", ignore_errors=True)
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(into / "wheelhouse"), f"{wheel}[systemd]",
-         timeout=900)
-    return into / "wheelhouse"
-
-
 def prepare(cluster: Cluster, workers: int, proxy_mode: str, agents: str = "pynode") -> dict[str, str]:
     """Everything `vagrant up` needs here, and the PYNODE_* variables that point the Vagrantfile at it."""
     from . import cluster as local
@@ -293,7 +280,8 @@ def prepare(cluster: Cluster, workers: int, proxy_mode: str, agents: str = "pyno
         raise UpError("vagrant: the local cluster is not running; `make up` first")
     local.build_upstream(cluster, ["kubeadm", *(["kubelet", "kube-proxy"] if agents == "upstream" else [])])
     box()
-    wheels = wheelhouse(DIST) if agents == "pynode" else None
+    if agents == "pynode":
+        wheels.wheelhouse(DIST)
     net_up(cluster, workers)
     return local_environment(cluster, workers, proxy_mode, agents)
 

@@ -22,6 +22,7 @@ import yaml
 
 from localcluster import bootstrap, machine, procs
 from localcluster import cluster as local
+from localcluster.wheels import wheelhouse
 
 from tests.integration.polling import eventually
 
@@ -47,16 +48,6 @@ def report(msg: str) -> None:
     machine.MACHINES_DIR.mkdir(parents=True, exist_ok=True)
     with open(machine.MACHINES_DIR / "node-test.log", "a") as out:
         out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}\n")
-
-
-def wheelhouse(into: Path) -> Path:
-    """What `make wheels` builds: the pynode wheel and every dependency as wheels (systemd-python built here)."""
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(into), str(REPO)], check=True,
-                   capture_output=True, timeout=600)
-    wheel = next(into.glob("pynode-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(into / "wheelhouse"),
-                    f"{wheel}[systemd]"], check=True, capture_output=True, timeout=600)
-    return into / "wheelhouse"
 
 
 def playbook(inventory: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -401,7 +401,7 @@ def test_a_removed_endpoint_drains_with_weight_zero_while_its_connection_lasts(v
     # Terminating (sh as PID 1 ignores SIGTERM: the pod stays for its grace period): weight 0, connection kept.
     drained = eventually(lambda: [line for line in virtual_server(ipvsadm(w1), f"{ip}:9000")
                                   if backend in line and line.split()[3] == "0"], 60, "weight 0")
-    report(f"draining real server on pynode-w1:\n" + "\n".join(virtual_server(ipvsadm(w1), f"{ip}:9000")))
+    report("draining real server on pynode-w1:\n" + "\n".join(virtual_server(ipvsadm(w1), f"{ip}:9000")))
     assert drained[0].split()[4] == "1", drained
     assert w1.sh(f"ipvsadm -Lnc | grep -c ' {backend}'", check=False).stdout.strip() != "0"
     # Once the connections end (and IPVS forgets them, FIN_WAIT/TIME_WAIT included), a sync removes it.

@@ -1,0 +1,31 @@
+"""The pynode wheel and every dependency as wheels (systemd-python built here): what `make wheels` builds and the
+ansible pynode role installs from, for the nspawn machine (`make node-test`) and the Vagrant VMs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .procs import UpError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*argv: str) -> None:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise UpError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
+
+
+def wheelhouse(into: Path) -> Path:
+    """Build into `into`: the pynode wheel beside it, and into/wheelhouse with it and its dependencies."""
+    into.mkdir(parents=True, exist_ok=True)
+    for old in into.glob("pynode-*.whl"):
+        old.unlink()
+    _run(sys.executable, "-m", "build", "--wheel", "--outdir", str(into), str(REPO))
+    wheel = next(into.glob("pynode-*.whl"))
+    shutil.rmtree(into / "wheelhouse", ignore_errors=True)
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(into / "wheelhouse"), f"{wheel}[systemd]")
+    return into / "wheelhouse"
