@@ -132,8 +132,9 @@ def describe(pod: Pod) -> str:
     return (status.phase or "no phase") + (f" ({'; '.join(words)})" if words else "")
 
 
-async def start_pods(config, batch: Batch, namespace: str, timeout: float) -> dict:
-    """Create the batch's pods and watch them until all are Running and ready; returns the last seen pods."""
+async def start_pods(config, batch, namespace: str, pods: list[Pod], timeout: float) -> dict:
+    """Create the pods (batch.created: when) and watch them until all are Running and ready (batch.running:
+    when); returns the last seen version of each."""
     client = AsyncClient(config=config)
     seen: dict = {}
     try:
@@ -155,13 +156,13 @@ async def start_pods(config, batch: Batch, namespace: str, timeout: float) -> di
         watcher = asyncio.create_task(watch())
         slots = asyncio.Semaphore(CREATES_IN_FLIGHT)
 
-        async def create(name: str) -> None:
+        async def create(obj: Pod) -> None:
             async with slots:
-                batch.created[name] = time.monotonic()
-                await client.create(pod(name, namespace, batch.agent.node.name))
+                batch.created[obj.metadata.name] = time.monotonic()
+                await client.create(obj)
 
         try:
-            await asyncio.gather(*(create(f"pod-{i:03d}") for i in range(batch.n)))
+            await asyncio.gather(*(create(p) for p in pods))
             await asyncio.wait_for(watcher, timeout)
         except asyncio.TimeoutError:
             pass
@@ -190,23 +191,29 @@ def run_batch(cluster, client, agent: Agent, n: int, timeout: float) -> Batch:
     psutil.cpu_percent()
     log(f"{agent.label} on {agent.node.name}: creating {n} pods in {namespace}")
     config = KubeConfig.from_file(str(cluster.admin_kubeconfig))
-    seen = asyncio.run(start_pods(config, batch, namespace, timeout))
+    pods = [pod(f"pod-{i:03d}", namespace, agent.node.name) for i in range(n)]
+    seen = asyncio.run(start_pods(config, batch, namespace, pods, timeout))
     batch.busy_pct = psutil.cpu_percent()
     agent.check()
     batch.cpu_s = usage(agent.pid)[1] - cpu_before
     if batch.complete:
         log(f"{agent.label}: all {n} Running after {batch.figures()['all']:.1f}s")
     else:
-        stuck = sorted(set(batch.created) - set(batch.running))
-        states = collections.Counter(describe(seen[p]) if p in seen else "not seen by the watch" for p in stuck)
-        lines = log_excerpt(agent.log_path(), log_offset, stuck)
-        batch.failure = (f"{len(batch.running)}/{n} Running and ready after {timeout:g} s. The others: "
-                         + ", ".join(f"{count} × {state}" for state, count in states.most_common())
-                         + f". Lines of {agent.log_path().name} from the batch (warnings, errors, and those "
-                           "naming a pod left):\n\n```\n" + "\n".join(lines) + "\n```\n")
-        log(f"{agent.label}: only {len(batch.running)}/{n} Running after {timeout:g}s: "
-            + ", ".join(f"{c} × {s}" for s, c in states.most_common()))
+        explain_stuck(agent, batch, n, seen, log_offset, timeout)
     return batch
+
+
+def explain_stuck(agent: Agent, batch, n: int, seen: dict, log_offset: int, timeout: float) -> None:
+    """A batch not all Running in time: batch.failure says what its pods were doing and quotes the agent's log."""
+    stuck = sorted(set(batch.created) - set(batch.running))
+    states = collections.Counter(describe(seen[p]) if p in seen else "not seen by the watch" for p in stuck)
+    lines = log_excerpt(agent.log_path(), log_offset, stuck)
+    batch.failure = (f"{len(batch.running)}/{n} Running and ready after {timeout:g} s. The others: "
+                     + ", ".join(f"{count} × {state}" for state, count in states.most_common())
+                     + f". Lines of {agent.log_path().name} from the batch (warnings, errors, and those "
+                       "naming a pod left):\n\n```\n" + "\n".join(lines) + "\n```\n")
+    log(f"{agent.label}: only {len(batch.running)}/{n} Running after {timeout:g}s: "
+        + ", ".join(f"{c} × {s}" for s, c in states.most_common()))
 
 
 # --- namespaces ---------------------------------------------------------------------------------

@@ -50,14 +50,13 @@ from localcluster import agents as local_agents
 from localcluster import bootstrap, procs
 
 from .nodes import MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
-from .pod_startup import (Agent, delete_namespaces, describe, log_excerpt, make_namespace, percentile, ready,
+from .pod_startup import (Agent, delete_namespaces, explain_stuck, make_namespace, percentile, start_pods,
                           remove_leftovers)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "volumes.md"
 IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # imported into both nodes' containerd
 PREFIX = "bench-volumes-"  # bench-volumes-<node>-startup, bench-volumes-<node>-load
 CONFIGMAPS, SECRETS = 5, 2  # per startup pod; a load pod mounts CONFIGMAPS ConfigMaps
-CREATES_IN_FLIGHT = 10  # concurrent pod create calls, as bench.pod_startup
 OBJECTS_IN_FLIGHT = 16  # concurrent ConfigMap/Secret create calls
 POLL_FAST, POLL_SLOW = 0.02, 1  # seconds between a container's reads of the shared file (fast once /out/fast exists)
 TIMEOUT_FACTOR = 2  # a batch may take 120 s + this per pod to be all Running
@@ -214,47 +213,6 @@ class Batch:
                 "all": max(self.running.values()) - min(self.created.values()) if done else None}
 
 
-async def start_pods(config, batch: Batch, pods: list[Pod], timeout: float) -> dict:
-    """Create the pods and watch them until all are Running and ready; returns the last seen pods."""
-    client = AsyncClient(config=config)
-    seen: dict = {}
-    try:
-        listing = client.list(Pod, namespace=batch.namespace)
-        async for _ in listing:
-            pass
-        since = listing.resourceVersion
-
-        async def watch() -> None:
-            async for _, obj in client.watch(Pod, namespace=batch.namespace, resource_version=since):
-                now = time.monotonic()
-                name = obj.metadata.name
-                seen[name] = obj
-                batch.uids[name] = obj.metadata.uid
-                if name not in batch.running and ready(obj):
-                    batch.running[name] = now
-                    if len(batch.running) == batch.n:
-                        return
-
-        watcher = asyncio.create_task(watch())
-        slots = asyncio.Semaphore(CREATES_IN_FLIGHT)
-
-        async def create(obj: Pod) -> None:
-            async with slots:
-                batch.created[obj.metadata.name] = time.monotonic()
-                await client.create(obj)
-
-        try:
-            await asyncio.gather(*(create(p) for p in pods))
-            await asyncio.wait_for(watcher, timeout)
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            watcher.cancel()
-    finally:
-        await client.close()
-    return seen
-
-
 def run_batch(cluster, sampler: Sampler, agent: Agent, namespace: str, objects: list, pods: list[Pod],
               timeout: float) -> Batch:
     """Create the objects, then the pods (timed), in a fresh namespace."""
@@ -266,22 +224,15 @@ def run_batch(cluster, sampler: Sampler, agent: Agent, namespace: str, objects: 
     log(f"{agent.label} on {agent.node.name}: creating {len(pods)} pods in {namespace}")
     before = kubelet_requests(cluster, agent)
     first = sampler.mark()
-    seen = asyncio.run(start_pods(config, batch, pods, timeout))
+    seen = asyncio.run(start_pods(config, batch, namespace, pods, timeout))
+    batch.uids = {name: obj.metadata.uid for name, obj in seen.items()}
     batch.usage = sampler.span(agent.label, first, sampler.mark())
     agent.check()
     batch.requests = difference(before, kubelet_requests(cluster, agent))
     if batch.complete:
         log(f"{agent.label}: all {batch.n} Running after {batch.figures()['all']:.1f}s")
     else:
-        stuck = sorted(set(batch.created) - set(batch.running))
-        states = collections.Counter(describe(seen[p]) if p in seen else "not seen by the watch" for p in stuck)
-        lines = log_excerpt(agent.log_path(), log_offset, stuck)
-        batch.failure = (f"{len(batch.running)}/{batch.n} Running and ready after {timeout:g} s. The others: "
-                         + ", ".join(f"{count} × {state}" for state, count in states.most_common())
-                         + f". Lines of {agent.log_path().name} from the batch (warnings, errors, and those "
-                           "naming a pod left):\n\n```\n" + "\n".join(lines) + "\n```\n")
-        log(f"{agent.label}: only {len(batch.running)}/{batch.n} Running after {timeout:g}s: "
-            + ", ".join(f"{c} × {s}" for s, c in states.most_common()))
+        explain_stuck(agent, batch, batch.n, seen, log_offset, timeout)
     return batch
 
 
