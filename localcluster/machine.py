@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .procs import UpError
+from .procs import UpError, run_checked
 from .settings import Cluster
 
 RELEASE = "bookworm"
@@ -72,11 +72,8 @@ def log(msg: str) -> None:
     print(f"[machine] {msg}", file=sys.stderr, flush=True)
 
 
-def _run(*argv: str, check: bool = True, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise UpError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
-    return proc
+def _run(*argv: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    return run_checked(*argv, timeout=timeout, **kw)
 
 
 def _digest(*parts: object) -> str:

@@ -23,6 +23,14 @@ class UpError(RuntimeError):
     """`up` cannot go on; the message is the one line the user sees."""
 
 
+def run_checked(*argv: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run a command to its end, its output captured; with check, a failure is an UpError quoting its output."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and proc.returncode != 0:
+        raise UpError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    return proc
+
+
 def _pidfile(cluster: Cluster, name: str) -> Path:
     return cluster.run / f"{name}.pid"
 

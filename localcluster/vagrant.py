@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from . import bootstrap, wheels
-from .procs import UpError
+from .procs import UpError, run_checked
 from .settings import Cluster
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,11 +54,8 @@ def log(msg: str) -> None:
     print(f"[vagrant] {msg}", file=sys.stderr, flush=True)
 
 
-def _run(*argv: str, check: bool = True, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and proc.returncode != 0:
-        raise UpError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
-    return proc
+def _run(*argv: str, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return run_checked(*argv, timeout=timeout, **kw)
 
 
 # -- the address plan (the Vagrantfile's, mirrored)

@@ -4,19 +4,16 @@ ansible pynode role installs from, for the nspawn machine (`make node-test`) and
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-from .procs import UpError
+from .procs import run_checked
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(*argv: str) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    if proc.returncode != 0:
-        raise UpError(f"`{' '.join(argv)}` failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[-2000:]}")
+    run_checked(*argv, timeout=900)
 
 
 def wheelhouse(into: Path) -> Path:
