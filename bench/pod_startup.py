@@ -78,16 +78,16 @@ class Batch:
         return len(self.running) == self.n
 
     def figures(self) -> dict[str, float | None]:
-        latencies = [self.running[p] - self.created[p] for p in self.running]
-        complete = self.complete
-        return {
-            "p50": percentile(latencies, 50) if complete else None,
-            "p99": percentile(latencies, 99) if complete else None,
-            "max": max(latencies) if complete else None,
-            "all": max(self.running.values()) - min(self.created.values()) if complete else None,
-            "cpu": self.cpu_s,
-            "gone": self.gone_s,
-        }
+        return {**startup_figures(self.created, self.running, self.n), "cpu": self.cpu_s, "gone": self.gone_s}
+
+
+def startup_figures(created: dict[str, float], running: dict[str, float], n: int) -> dict[str, float | None]:
+    """p50, p99 and max of create → Running and ready, and first create → last Running; None unless all n ran."""
+    if len(running) != n:
+        return dict.fromkeys(("p50", "p99", "max", "all"))
+    latencies = [running[p] - created[p] for p in running]
+    return {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "max": max(latencies),
+            "all": max(running.values()) - min(created.values())}
 
 
 def percentile(values: list[float], q: float) -> float:

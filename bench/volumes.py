@@ -50,8 +50,8 @@ from localcluster import agents as local_agents
 from localcluster import bootstrap, procs
 
 from .nodes import MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
-from .pod_startup import (Agent, delete_namespaces, explain_stuck, make_namespace, percentile, start_pods,
-                          remove_leftovers)
+from .pod_startup import (Agent, delete_namespaces, explain_stuck, make_namespace, percentile, remove_leftovers,
+                          start_pods, startup_figures)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "volumes.md"
 IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # imported into both nodes' containerd
@@ -205,12 +205,7 @@ class Batch:
         return len(self.running) == self.n
 
     def figures(self) -> dict[str, float | None]:
-        latencies = [self.running[p] - self.created[p] for p in self.running]
-        done = self.complete
-        return {"p50": percentile(latencies, 50) if done else None,
-                "p99": percentile(latencies, 99) if done else None,
-                "max": max(latencies) if done else None,
-                "all": max(self.running.values()) - min(self.created.values()) if done else None}
+        return startup_figures(self.created, self.running, self.n)
 
 
 def run_batch(cluster, sampler: Sampler, agent: Agent, namespace: str, objects: list, pods: list[Pod],
