@@ -134,7 +134,9 @@ def ensure_node(node: Node) -> None:
 
 
 def remove_node(node: Node) -> None:
-    """Delete the namespace (which takes its veth, bridges and all its firewall tables along)."""
+    """Delete the namespace (which takes its veth, bridges and all its firewall tables along) and the host's
+    route to the node's pods (the cluster's `unreachable` route covers them again)."""
+    _ip("route", "delete", node.pod_cidr, "via", node.ip, "dev", node.cluster.bridge, check=False)
     if netns_exists(node.netns):
         _ip("netns", "delete", node.netns, check=False)
     if _link_exists(node.host_veth):
