@@ -107,7 +107,7 @@ class Api:
             tls = client_adapter.verify_cluster(single.cluster, single.user, single.abs_file)
             token = single.user.token if single.user else None
             self._watch_client = H2Client(single.cluster.server, tls,
-                                          {"Authorization": f"Bearer {token}"} if token else None)
+                                          {"Authorization": f"Bearer {token}"} if token else None, self.observe)
         return self._watch_client
 
     @property

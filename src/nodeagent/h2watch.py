@@ -18,7 +18,8 @@ import asyncio
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlencode, urlsplit
 
 import h2.config
@@ -215,7 +216,11 @@ class _Connection:
 class H2Client:
     """GET requests over HTTP/2 to `base_url` with `ssl_context` (its client certificate) and optional headers."""
 
-    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, headers: dict[str, str] | None = None):
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, headers: dict[str, str] | None = None,
+                 observe: Callable[[str, str, int | None, float], None] | None = None):
+        """`observe(method, host, status or None, seconds)` hears of each request once its status is known (the
+        apiclient's Observe: rest_client_requests_total and its latency)."""
+        self.observe = observe
         url = urlsplit(base_url)
         self.host, self.port = url.hostname or "", url.port or 443
         self.authority = url.netloc
@@ -264,10 +269,15 @@ class H2Client:
             raise ValueError("H2Client only does GET")
         read = getattr(timeout, "read", None) if timeout is not None else None
         target, headers = self._headers(path, params)
-        connection = await self._connection()
-        stream = connection.open(headers, target, read)
+        started, status = time.monotonic(), None
         try:
+            connection = await self._connection()
+            stream = connection.open(headers, target, read)
             status = await asyncio.wait_for(asyncio.shield(stream.status), CONNECT_TIMEOUT)
+        finally:
+            if self.observe is not None:
+                self.observe("GET", self.authority, status, time.monotonic() - started)
+        try:
             yield Response(stream, status)
         finally:
             if not stream.ended:

@@ -37,6 +37,7 @@ class Server:
     def __init__(self):
         self.open = 0
         self.seen_paths: list[str] = []
+        self.observed: list[tuple] = []  # what the client told its observe callback
         self.release = asyncio.Event()
 
     async def __call__(self, scope, receive, send):
@@ -91,7 +92,7 @@ async def with_server(certificate, body):
     server = asyncio.create_task(serve(app, config, shutdown_trigger=stop.wait))
     await asyncio.sleep(0.3)
     client = H2Client(f"https://127.0.0.1:{port}", ssl.create_default_context(cafile=str(cert)),
-                      {"Authorization": "Bearer t0ken"})
+                      {"Authorization": "Bearer t0ken"}, observe=lambda *request: app.observed.append(request))
     try:
         return await body(client, app, stop)
     finally:
@@ -133,10 +134,12 @@ def test_get_reads_json_and_status_codes_pass_through(certificate):
         response = await client.get("/json", params={"limit": "500"})
         gone = await client.get("/gone")
         big = await client.get("/big")
-        return response.status_code, response.json(), gone.status_code, len(await big.read()), app.seen_paths
-    status, obj, gone, size, paths = asyncio.run(with_server(certificate, body))
+        return response.status_code, response.json(), gone.status_code, len(await big.read()), app
+    status, obj, gone, size, app = asyncio.run(with_server(certificate, body))
     assert (status, obj["metadata"]["resourceVersion"], gone, size) == (200, "7", 410, 64 * 65536 + 1)
-    assert "/json?limit=500" in paths
+    assert "/json?limit=500" in app.seen_paths
+    # each request reaches the agent's request metrics (rest_client_requests_total), as those on httpx do
+    assert [(method, code) for method, _, code, _ in app.observed] == [("GET", 200), ("GET", 410), ("GET", 200)]
 
 
 def test_streams_end_when_the_server_ends_them_and_fail_when_it_goes(certificate):
