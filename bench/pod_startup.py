@@ -405,12 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body(cluster, node, client) -> str:
-        if stale := ours(client):
-            log(f"deleting the namespaces an earlier run left behind: {', '.join(stale)}")
-            delete_namespaces(client, stale, timeout=120)
+        clear_earlier_runs(client, ours, timeout=120)
         return run(cluster, client, args)
 
     return run_beside_upstream(RESULTS, body, errors=(ApiError,), teardown=remove_leftovers(ours, timeout=120))
+
+def clear_earlier_runs(client, list_ours, timeout: float) -> None:
+    """Delete the benchmark's namespaces an earlier run left behind (list_ours(client) names them)."""
+    if stale := list_ours(client):
+        log(f"deleting the namespaces an earlier run left behind: {', '.join(stale)}")
+        delete_namespaces(client, stale, timeout=timeout)
+
 
 def remove_leftovers(list_ours, timeout: float):
     """A teardown for run_beside_upstream: after an error or Ctrl-C, delete the benchmark's namespaces still there

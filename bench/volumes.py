@@ -50,8 +50,8 @@ from localcluster import agents as local_agents
 from localcluster import bootstrap, procs
 
 from .nodes import MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
-from .pod_startup import (Agent, delete_namespaces, explain_stuck, make_namespace, percentile, remove_leftovers,
-                          start_pods, startup_figures)
+from .pod_startup import (Agent, clear_earlier_runs, delete_namespaces, explain_stuck, make_namespace, percentile,
+                          remove_leftovers, start_pods, startup_figures)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "volumes.md"
 IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # imported into both nodes' containerd
@@ -755,9 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--pods 1..100, --load and --load-upstream 0..240 (a node's pod range is a /24)")
 
     def body(cluster, node, client) -> str:
-        if stale := ours(client):
-            log(f"deleting the namespaces an earlier run left behind: {', '.join(stale)}")
-            delete_namespaces(client, stale, timeout=300)
+        clear_earlier_runs(client, ours, timeout=300)
         return run(cluster, client, args)
 
     return run_beside_upstream(RESULTS, body, errors=(ApiError, subprocess.SubprocessError), teardown=remove_leftovers(ours, timeout=300))
