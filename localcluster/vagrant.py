@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import bootstrap, wheels
+from . import bootstrap, procs, wheels
 from .procs import UpError, run_checked
 from .settings import Cluster
 
@@ -325,16 +325,16 @@ def main(cluster: Cluster, action: str, workers: int = 2, proxy_mode: str = "ipt
                 print(dump_env(env))
                 return 0
             started = time.monotonic()
-            vagrant("up", env=env, stream=True, check=False)
-            log(f"vagrant up took {time.monotonic() - started:.0f}s")
-            return vagrant("status", env=env, check=False).returncode
+            up = vagrant("up", env=env, stream=True, check=False)
+            log(f"vagrant up took {time.monotonic() - started:.0f}s" +
+                (f" and failed (exit {up.returncode}); its output is above" if up.returncode else ""))
+            status = vagrant("status", env=env, check=False).returncode
+            return up.returncode or status
     elif action == "status":
         print(vagrant("status", env={"PYNODE_WORKERS": str(_workers(workers))}, check=False).stdout)
     elif action == "destroy":
         count = _workers(workers)
         vagrant("destroy", "-f", env={"PYNODE_WORKERS": str(count)}, stream=True)
-        from . import procs
-
         for i in range(1, count + 1):
             procs.kubectl(cluster, "delete", "node", worker_name(i), "--ignore-not-found")
         net_down(cluster)
