@@ -1,4 +1,4 @@
-"""Async CRI client over a unix socket (grpc.aio).
+"""Async CRI client over a unix socket (gRPC on our own HTTP/2 transport, cri.h2rpc).
 
 Every call has a deadline: the client's ``timeout`` (``pull_timeout`` for
 PullImage), or the ``timeout=`` given to the call. A missing socket fails at once
@@ -22,28 +22,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-
 from . import api_pb2 as api
-from . import api_pb2_grpc as api_grpc
-from .errors import CRIError, DeadlineExceeded, ExitError, Unavailable, Unimplemented, from_rpc_error
+from .errors import CRIError, ExitError, Unavailable, Unimplemented, from_rpc_error
+from .h2rpc import Channel, RpcError
 
 DEFAULT_TIMEOUT = 120.0  # the kubelet's --runtime-request-timeout default
 DEFAULT_PULL_TIMEOUT = 30 * 60.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # as the kubelet; ListContainers can exceed gRPC's 4 MiB default
 
+USER_AGENT = "pykubelet-cri"
+
 # The kubelet's CRI version, sent in VersionRequest.
 KUBELET_API_VERSION = "0.1.0"
-
-_CHANNEL_OPTIONS = (
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # Reconnect soon after a runtime restart instead of backing off up to gRPC's 120 s.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 3000),
-)
-
 
 # Each RPC's operation_type in the kubelet's runtime metrics (pkg/kubelet/kuberuntime/instrumented_services.go).
 OPERATIONS = {
@@ -109,8 +99,7 @@ class CRIClient:
         self.timeout = timeout
         self.pull_timeout = pull_timeout
         self.observer = observer
-        self._channels: dict[Endpoint, grpc.aio.Channel] = {}
-        self._stubs: dict[str, object] = {}
+        self._channels: dict[Endpoint, Channel] = {}
 
     async def __aenter__(self) -> CRIClient:
         return self
@@ -120,23 +109,15 @@ class CRIClient:
 
     async def close(self) -> None:
         channels, self._channels = self._channels, {}
-        self._stubs = {}
         for channel in channels.values():
             await channel.close()
 
-    def _channel(self, endpoint: Endpoint) -> grpc.aio.Channel:
+    def _channel(self, endpoint: Endpoint) -> Channel:
         channel = self._channels.get(endpoint)
         if channel is None:
-            channel = grpc.aio.insecure_channel(endpoint.target, options=_CHANNEL_OPTIONS)
-            self._channels[endpoint] = channel
+            channel = self._channels[endpoint] = Channel(unix=endpoint.path, max_message_bytes=MAX_MESSAGE_BYTES,
+                                                         user_agent=USER_AGENT)
         return channel
-
-    def _stub(self, endpoint: Endpoint, service: str):
-        stub = self._stubs.get(service)
-        if stub is None:
-            stub = getattr(api_grpc, f"{service}Stub")(self._channel(endpoint))
-            self._stubs[service] = stub
-        return stub
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the runtime (and image service) sockets accept connections."""
@@ -148,9 +129,10 @@ class CRIClient:
                     raise Unavailable(f"socket does not exist after {timeout:g}s", socket=endpoint.path, rpc="connect")
                 await asyncio.sleep(0.1)
             try:
-                await asyncio.wait_for(self._channel(endpoint).channel_ready(), max(0.0, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                raise Unavailable(f"no connection within {timeout:g}s", socket=endpoint.path, rpc="connect") from None
+                await self._channel(endpoint).connect(deadline)
+            except RpcError as err:
+                raise Unavailable(f"no connection within {timeout:g}s ({err.details})", socket=endpoint.path,
+                                  rpc="connect", code=err.code) from None
 
     async def _call(self, endpoint: Endpoint, service: str, rpc: str, request, timeout: float):
         if self.observer is None:
@@ -173,18 +155,16 @@ class CRIClient:
             raise Unavailable(
                 "socket does not exist (is the container runtime running?)", socket=endpoint.path, rpc=rpc
             )
-        method = getattr(self._stub(endpoint, service), rpc)
+        channel = self._channel(endpoint)
+        connected = channel.connected
         try:
-            return await method(request, timeout=timeout, wait_for_ready=True)
-        except grpc.aio.AioRpcError as e:
-            err = from_rpc_error(e, socket=endpoint.path, rpc=rpc)
-            channel = self._channels.get(endpoint)
-            connected = channel is not None and channel.get_state() == grpc.ChannelConnectivity.READY
-            if isinstance(err, DeadlineExceeded) and not connected:
-                err = Unavailable(
-                    f"runtime not reachable within {timeout:g}s", socket=endpoint.path, rpc=rpc, code=e.code()
-                )
-            raise err from e
+            answer = await channel.unary(f"/runtime.v1.{service}/{rpc}", request.SerializeToString(), timeout)
+        except RpcError as e:
+            if not connected and not channel.connected:
+                raise Unavailable(f"runtime not reachable within {timeout:g}s ({e.details})", socket=endpoint.path,
+                                  rpc=rpc, code=e.code) from e
+            raise from_rpc_error(e, socket=endpoint.path, rpc=rpc) from e
+        return getattr(api, f"{rpc}Response").FromString(answer)
 
     async def _runtime_call(self, rpc: str, request, timeout: float | None, extra: float = 0.0):
         timeout = self.timeout + extra if timeout is None else timeout

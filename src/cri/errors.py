@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import grpc
+from .h2rpc import RpcError, StatusCode
 
 
 class CRIError(Exception):
     """A CRI call failed. ``socket`` is the runtime's socket path, ``rpc`` the method name."""
 
-    def __init__(self, message: str, *, socket: str, rpc: str, code: grpc.StatusCode | None = None):
+    def __init__(self, message: str, *, socket: str, rpc: str, code: StatusCode | None = None):
         super().__init__(f"CRI {rpc} on {socket}: {message}")
         self.socket = socket
         self.rpc = rpc
@@ -40,18 +40,18 @@ class RPCError(CRIError):
     """Any other non-OK status; see ``code``."""
 
 
-_BY_CODE: dict[grpc.StatusCode, type[CRIError]] = {
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNIMPLEMENTED: Unimplemented,
+_BY_CODE: dict[StatusCode, type[CRIError]] = {
+    StatusCode.NOT_FOUND: NotFound,
+    StatusCode.UNAVAILABLE: Unavailable,
+    StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    StatusCode.UNIMPLEMENTED: Unimplemented,
 }
 
 
-def from_rpc_error(err: grpc.RpcError, *, socket: str, rpc: str) -> CRIError:
-    """Map a gRPC error (grpc.aio.AioRpcError or a sync grpc.Call) to a CRIError."""
-    code = err.code()
-    details = err.details() or code.name
+def from_rpc_error(err: RpcError, *, socket: str, rpc: str) -> CRIError:
+    """Map a failed gRPC call to a CRIError."""
+    code = err.code
+    details = err.details or code.name
     cls = _BY_CODE.get(code, RPCError)
     if cls is RPCError:
         details = f"{code.name}: {details}"

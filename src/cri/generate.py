@@ -1,6 +1,6 @@
 """Regenerate the committed stubs from api.proto.
 
-    python -m cri.generate          # rewrite api_pb2.py, api_pb2.pyi, api_pb2_grpc.py
+    python -m cri.generate          # rewrite api_pb2.py and api_pb2.pyi
     python -m cri.generate --check  # exit 1 if they are out of date
 
 Needs grpcio-tools (a dev dependency). The output depends only on api.proto and
@@ -17,13 +17,11 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROTO = PACKAGE_DIR / "api.proto"
-OUTPUTS = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
+OUTPUTS = ("api_pb2.py", "api_pb2.pyi")
 
 # protoc names the proto "cri/api.proto" (its path below src/), which keeps it
-# distinct from other files called api.proto in the global descriptor pool; the
-# grpc plugin then imports the messages absolutely, which we make relative.
-_ABSOLUTE_IMPORT = b"from cri import api_pb2 as"
-_RELATIVE_IMPORT = b"from . import api_pb2 as"
+# distinct from other files called api.proto in the global descriptor pool. No
+# service stubs: the calls go through cri.h2rpc, which needs only the messages.
 
 
 def render(proto: Path = PROTO) -> dict[str, bytes]:
@@ -40,19 +38,12 @@ def render(proto: Path = PROTO) -> dict[str, bytes]:
             f"--proto_path={include}",
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
-            f"--grpc_python_out={tmp}",
             str(proto),
         ]
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed on {proto}")
         out = Path(tmp) / proto.parent.name
-        files = {name: (out / name).read_bytes() for name in OUTPUTS}
-
-    grpc = files["api_pb2_grpc.py"]
-    if _ABSOLUTE_IMPORT not in grpc:
-        raise RuntimeError("grpc stub import not found; has the plugin's output changed?")
-    files["api_pb2_grpc.py"] = grpc.replace(_ABSOLUTE_IMPORT, _RELATIVE_IMPORT)
-    return files
+        return {name: (out / name).read_bytes() for name in OUTPUTS}
 
 
 def stale(target: Path = PACKAGE_DIR) -> list[str]:

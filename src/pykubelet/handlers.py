@@ -14,16 +14,17 @@ import json
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
-import grpc
 
+from cri.h2rpc import Channel, RpcError, StatusCode
 from nodeagent import logs
 
 from .pods import envvars
-from .version import KUBERNETES_VERSION
+from nodeagent.version import KUBERNETES_VERSION
 
 log = logs.get(__name__)
 
@@ -364,36 +365,40 @@ def decode_health_status(data: bytes) -> int:
     return status
 
 
-def _go_code(code: grpc.StatusCode) -> str:
+def _go_code(code: StatusCode) -> str:
     """A gRPC status code as grpc-go prints it (NotFound, DeadlineExceeded, Canceled)."""
-    special = {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
+    special = {StatusCode.OK: "OK", StatusCode.CANCELLED: "Canceled"}
     return special.get(code) or "".join(w.capitalize() for w in code.name.split("_"))
 
 
 async def _grpc_probe(host: str, port: int, service: str, timeout: float) -> ProbeOutcome:
     """Call grpc.health.v1.Health/Check over plaintext; SERVING is success."""
     address = _join(host, port)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    options = [("grpc.primary_user_agent", USER_AGENT), ("grpc.enable_http_proxy", 0)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
+    deadline = time.monotonic() + timeout
+    channel = Channel(host=host, port=port, user_agent=USER_AGENT)
+    try:
         try:
-            await asyncio.wait_for(channel.channel_ready(), timeout)
-        except TimeoutError:
+            await channel.connect(deadline)
+        except RpcError:
             return ProbeOutcome(Result.FAILURE, f"timeout: failed to connect service {_quote(address)} within "
                                                 f"{_duration(timeout)}: context deadline exceeded")
-        check = channel.unary_unary(_HEALTH_CHECK, request_serializer=encode_health_request,
-                                    response_deserializer=decode_health_status)
         try:
-            status = await check(service, timeout=max(deadline - loop.time(), 0.001))
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+            answer = await channel.unary(_HEALTH_CHECK, encode_health_request(service),
+                                         max(deadline - time.monotonic(), 0.001))
+            status = decode_health_status(answer)
+        except ValueError as err:
+            return ProbeOutcome(Result.FAILURE, f"error: health rpc probe failed: rpc error: code = Internal desc = "
+                                                f"cannot parse the response: {err}")
+        except RpcError as err:
+            if err.code == StatusCode.UNIMPLEMENTED:
                 return ProbeOutcome(Result.FAILURE, "error: this server does not implement the grpc health "
-                                                    f"protocol (grpc.health.v1.Health): {err.details()}")
-            if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                                                    f"protocol (grpc.health.v1.Health): {err.details}")
+            if err.code == StatusCode.DEADLINE_EXCEEDED:
                 return ProbeOutcome(Result.FAILURE, f"timeout: health rpc did not complete within {_duration(timeout)}")
             return ProbeOutcome(Result.FAILURE, "error: health rpc probe failed: "
-                                                f"rpc error: code = {_go_code(err.code())} desc = {err.details()}")
+                                                f"rpc error: code = {_go_code(err.code)} desc = {err.details}")
+    finally:
+        await channel.close()
     if status != 1:
         name = _SERVING_STATUS.get(status, str(status))
         return ProbeOutcome(Result.FAILURE, f'service unhealthy (responded with "{name}")')

@@ -12,6 +12,7 @@ import pytest
 
 from cri import api, errors
 from cri.client import DEFAULT_PULL_TIMEOUT, DEFAULT_TIMEOUT, CRIClient, Endpoint
+from cri.h2rpc import RpcError, StatusCode
 
 
 def snake(name: str) -> str:
@@ -257,20 +258,20 @@ def test_version_explains_a_runtime_without_runtime_v1(recorded):
 # ------------------------------------------------------------- error mapping
 
 
-def rpc_error(code: grpc.StatusCode, details: str | None = "boom") -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+def rpc_error(code: StatusCode, details: str = "boom") -> RpcError:
+    return RpcError(code, details)
 
 
 @pytest.mark.parametrize(
     "code, cls",
     [
-        (grpc.StatusCode.NOT_FOUND, errors.NotFound),
-        (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
-        (grpc.StatusCode.UNIMPLEMENTED, errors.Unimplemented),
-        (grpc.StatusCode.INTERNAL, errors.RPCError),
-        (grpc.StatusCode.ALREADY_EXISTS, errors.RPCError),
-        (grpc.StatusCode.INVALID_ARGUMENT, errors.RPCError),
+        (StatusCode.NOT_FOUND, errors.NotFound),
+        (StatusCode.UNAVAILABLE, errors.Unavailable),
+        (StatusCode.DEADLINE_EXCEEDED, errors.DeadlineExceeded),
+        (StatusCode.UNIMPLEMENTED, errors.Unimplemented),
+        (StatusCode.INTERNAL, errors.RPCError),
+        (StatusCode.ALREADY_EXISTS, errors.RPCError),
+        (StatusCode.INVALID_ARGUMENT, errors.RPCError),
     ],
 )
 def test_status_codes_map_to_exceptions(code, cls):
@@ -285,5 +286,5 @@ def test_status_codes_map_to_exceptions(code, cls):
 
 
 def test_error_without_details_names_the_code():
-    err = errors.from_rpc_error(rpc_error(grpc.StatusCode.NOT_FOUND, None), socket="/s", rpc="PodSandboxStatus")
+    err = errors.from_rpc_error(rpc_error(StatusCode.NOT_FOUND, None), socket="/s", rpc="PodSandboxStatus")
     assert "NOT_FOUND" in str(err)
