@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx2
+from .h2client import H2Client
 
 from . import logs
 
@@ -31,7 +31,7 @@ class Gone(Exception):
 
 
 class ListWatch:
-    def __init__(self, http: Callable[[], httpx2.AsyncClient], path: str, *, kind: str,
+    def __init__(self, http: Callable[[], H2Client], path: str, *, kind: str,
                  replace: Callable[[list[Any]], None], update: Callable[[Any], None],
                  remove: Callable[[Any], None], params: dict[str, str] | None = None, parse: Callable[[dict], Any] | None = None):
         self.http = http  # called on each request: the client may be replaced when credentials rotate
@@ -64,12 +64,13 @@ class ListWatch:
         """Follow one watch request; returns the last resourceVersion seen."""
         params = {**self.params, "watch": "true", "allowWatchBookmarks": "true",
                   "resourceVersion": version, "timeoutSeconds": str(WATCH_TIMEOUT)}
-        timeout = httpx2.Timeout(10, read=WATCH_TIMEOUT + 30)
-        async with self.http().stream("GET", self.path, params=params, timeout=timeout) as response:
+        async with self.http().stream("GET", self.path, params=params) as response:
             if response.status_code == 410:
                 raise Gone()
+            if response.status_code >= 400:
+                await response.read()
             response.raise_for_status()
-            async for line in response.aiter_lines():
+            async for line in response.aiter_lines(read_timeout=WATCH_TIMEOUT + 30):
                 if not line:
                     continue
                 event = json.loads(line)

@@ -7,7 +7,7 @@ import sys
 
 from nodeagent import logs
 
-from .version import KUBERNETES_VERSION
+from nodeagent.version import KUBERNETES_VERSION
 
 # A flag or config file refused: exit 2 (systemd's EXIT_INVALIDARGUMENT, as argparse), which the units list in
 # RestartPreventExitStatus= so that systemd leaves the unit failed with the message instead of retrying it.

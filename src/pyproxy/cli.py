@@ -8,7 +8,7 @@ from pathlib import Path
 
 from nodeagent import logs
 
-from pykubelet.version import KUBERNETES_VERSION
+from nodeagent.version import KUBERNETES_VERSION
 
 MODES = ("iptables", "nftables", "ipvs")
 
@@ -60,11 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailable as err:
         log.error("Cannot run this proxy mode", mode=config.mode, err=err)
         return 1
-    cleanup_modes(config, [m for m in MODES if m != config.mode])  # leftovers of another mode
+    cleanup_modes(config, leftover_modes(config.mode))
     if config.init_only:
         return 0
     asyncio.run(Proxy(config).run())
     return 0
+
+
+def leftover_modes(mode: str) -> list[str]:
+    """The modes whose leftovers a start in `mode` removes, as upstream's platformCleanup: the iptables-based modes
+    (iptables, ipvs) remove nftables' table, the nftables mode removes the other two. iptables and ipvs share
+    chains (KUBE-SERVICES, KUBE-POSTROUTING, …): cleaning one up at the other's start would empty the chains that
+    carry the live traffic until the first sync rebuilt them (new connections were lost in that gap)."""
+    return ["nftables"] if mode in ("iptables", "ipvs") else ["iptables", "ipvs"]
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from pykubelet.node import certificates
+from pykubelet.node import certificates, pem
 
 
 def _signed(days: float, start_days_ago: float = 0) -> tuple[bytes, bytes]:
@@ -35,14 +35,14 @@ def test_store_writes_one_pem_and_moves_the_current_link(tmp_path):
     current = tmp_path / certificates.CURRENT
     assert current.is_symlink() and current.resolve() == first.path
     assert first.path.stat().st_mode & 0o777 == 0o600
-    assert certificates.load_current(tmp_path).cert == first.cert
+    assert certificates.load_current(tmp_path).not_after == first.not_after
 
     first.path.rename(tmp_path / "kubelet-client-old.pem")  # a second store in the same second must not clash
     current.unlink()
     current.symlink_to("kubelet-client-old.pem")
     second = certificates.store(tmp_path, *_signed(365))
     assert current.resolve() == second.path
-    assert certificates.load_current(tmp_path).cert == second.cert
+    assert certificates.load_current(tmp_path).not_after == second.not_after
 
 
 def test_expired_or_mismatched_certificates_are_not_used(tmp_path):
@@ -55,7 +55,7 @@ def test_expired_or_mismatched_certificates_are_not_used(tmp_path):
 
 
 def test_rotation_deadline_is_between_70_and_90_percent():
-    cert = certificates.ClientCert(path=None, cert=x509.load_pem_x509_certificate(_signed(100)[0]))
+    cert = certificates.ClientCert(None, *pem.validity(_signed(100)[0]))
     rng = random.Random(1)
     for _ in range(50):
         fraction = (cert.rotation_deadline(rng) - cert.not_before) / (cert.not_after - cert.not_before)
@@ -118,3 +118,25 @@ def test_keep_renewed_returns_without_a_certificate(tmp_path):
         raise AssertionError("nothing to renew")
 
     asyncio.run(certificates.keep_renewed(tmp_path, certificates.CLIENT, renew, "Client certificate"))
+
+
+@pytest.mark.parametrize("days, start_days_ago", [(365, 0), (1, 2), (36500, 1)])
+def test_validity_is_read_without_cryptography_as_cryptography_reads_it(days, start_days_ago):
+    cert_pem, _ = _signed(days, start_days_ago)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    assert pem.validity(b"junk before\n" + cert_pem) == (cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+@pytest.mark.parametrize("data", [b"", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                                  _signed(1)[0][:200] + b"\n-----END CERTIFICATE-----\n"])
+def test_a_malformed_certificate_is_a_value_error(data):
+    with pytest.raises(ValueError):
+        pem.validity(data)
+
+
+def test_the_kubelet_starts_without_loading_cryptography():
+    import subprocess
+    import sys
+    code = "import sys, pykubelet.kubelet; print(any(m.startswith('cryptography') for m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

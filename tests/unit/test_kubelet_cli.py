@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pykubelet.version import KUBERNETES_VERSION
+from nodeagent.version import KUBERNETES_VERSION
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -6,7 +6,7 @@ import dataclasses
 import ipaddress
 
 from localcluster import settings
-from pykubelet.version import KUBERNETES_VERSION
+from nodeagent.version import KUBERNETES_VERSION
 
 
 def test_agents_report_the_pinned_kubernetes_version():

@@ -19,22 +19,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import ipaddress
+import json
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from lightkube import AsyncClient, KubeConfig
-from lightkube.models.certificates_v1 import CertificateSigningRequestSpec
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.certificates_v1 import CertificateSigningRequest
-
 from nodeagent import logs, retry
+from nodeagent.h2client import H2Client
+from nodeagent.kubeconfig import KubeconfigError, from_file as read_kubeconfig
+
+from . import pem
 
 log = logs.get(__name__)
 
@@ -51,15 +48,8 @@ class BootstrapError(Exception):
 @dataclass
 class ClientCert:
     path: Path
-    cert: x509.Certificate
-
-    @property
-    def not_before(self) -> dt.datetime:
-        return self.cert.not_valid_before_utc
-
-    @property
-    def not_after(self) -> dt.datetime:
-        return self.cert.not_valid_after_utc
+    not_before: dt.datetime
+    not_after: dt.datetime
 
     def rotation_deadline(self, rng: random.Random | None = None) -> dt.datetime:
         """A jittered point between 70% and 90% of the lifetime, as upstream's certificate manager picks."""
@@ -71,20 +61,18 @@ def load_current(cert_dir: Path, prefix: str = CLIENT) -> ClientCert | None:
     """The current certificate (<prefix>-current.pem), if present, parseable, holding its key and not expired."""
     path = cert_dir / f"{prefix}-current.pem"
     try:
-        data = path.read_bytes()
-        cert = x509.load_pem_x509_certificate(data)
-        key = serialization.load_pem_private_key(data, None)
+        not_before, not_after = pem.validity(path.read_bytes())
     except (OSError, ValueError) as err:
         if path.exists() or path.is_symlink():
             log.warning("Ignoring unusable certificate", path=path, err=err)
         return None
-    if cert.public_key().public_numbers() != key.public_key().public_numbers():
-        log.warning("Certificate and key do not match", path=path)
+    if not pem.key_matches(path):
+        log.warning("Certificate and key do not match (or the key is missing)", path=path)
         return None
-    if cert.not_valid_after_utc <= dt.datetime.now(dt.timezone.utc):
-        log.warning("Certificate has expired", path=path, notAfter=cert.not_valid_after_utc)
+    if not_after <= dt.datetime.now(dt.timezone.utc):
+        log.warning("Certificate has expired", path=path, notAfter=not_after)
         return None
-    return ClientCert(path, cert)
+    return ClientCert(path, not_before, not_after)
 
 
 def kubeconfig_usable(kubeconfig: Path) -> bool:
@@ -103,47 +91,62 @@ def kubeconfig_usable(kubeconfig: Path) -> bool:
     if data is None:
         return False
     try:
-        cert = x509.load_pem_x509_certificate(data)
+        _, not_after = pem.validity(data)
     except ValueError:
         return False
-    return cert.not_valid_after_utc > dt.datetime.now(dt.timezone.utc)
+    return not_after > dt.datetime.now(dt.timezone.utc)
 
 
-def _csr(node_name: str, key: ec.EllipticCurvePrivateKey, san: list[x509.GeneralName] | None = None) -> bytes:
+def _csr(node_name: str, key, dns_names: list[str], ips: list[str]) -> bytes:
+    """A PEM CSR for system:node:<name> (group system:nodes) with the names as SANs, signed by `key`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
                          x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node_name}")])
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    san = [x509.DNSName(name) for name in dns_names]
+    san += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(ips)]
     if san:
         builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-async def request_certificate(client: AsyncClient, node_name: str, poll: float = 1.0, *, signer: str = SIGNER,
-                              usages: list[str] | None = None,
-                              san: list[x509.GeneralName] | None = None) -> tuple[bytes, bytes]:
-    """Post a node CSR and wait until it is signed; returns (certificate PEM, key PEM)."""
+CSRS = "/apis/certificates.k8s.io/v1/certificatesigningrequests"
+
+
+async def request_certificate(http: H2Client, node_name: str, poll: float = 1.0, *, signer: str = SIGNER,
+                              usages: list[str] | None = None, dns_names: list[str] = (),
+                              ips: list[str] = ()) -> tuple[bytes, bytes]:
+    """Post a node CSR (with `dns_names` and `ips` as SANs, for a serving certificate) and wait until it is
+    signed; returns (certificate PEM, key PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = ec.generate_private_key(ec.SECP256R1())
-    created = await client.create(CertificateSigningRequest(
-        metadata=ObjectMeta(generateName="csr-" if san else "node-csr-"),
-        spec=CertificateSigningRequestSpec(
-            request=base64.b64encode(_csr(node_name, key, san)).decode(),
-            signerName=signer,
-            usages=usages or ["digital signature", "client auth"],
-        ),
-    ))
-    name = created.metadata.name
+    san = bool(dns_names or ips)
+    body = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"generateName": "csr-" if san else "node-csr-"},
+            "spec": {"request": base64.b64encode(_csr(node_name, key, list(dns_names), list(ips))).decode(),
+                     "signerName": signer,
+                     "usages": usages or ["digital signature", "client auth"]}}
+    response = await http.post(CSRS, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    response.raise_for_status()
+    name = response.json()["metadata"]["name"]
     log.info("Waiting for certificate", csr=name, signer=signer)
     while True:
-        csr = await client.get(CertificateSigningRequest, name)
-        status = csr.status
-        for condition in (status.conditions or []) if status else []:
-            if condition.type in ("Denied", "Failed") and condition.status == "True":
-                raise BootstrapError(f"certificate signing request {name} was {condition.type.lower()}: "
-                                     f"{condition.reason}: {condition.message}")
-        if status and status.certificate:
+        response = await http.get(f"{CSRS}/{name}")
+        response.raise_for_status()
+        status = response.json().get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") in ("Denied", "Failed") and condition.get("status") == "True":
+                raise BootstrapError(f"certificate signing request {name} was {condition['type'].lower()}: "
+                                     f"{condition.get('reason')}: {condition.get('message')}")
+        if status.get("certificate"):
             key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                         serialization.NoEncryption())
-            return base64.b64decode(status.certificate), key_pem
+            return base64.b64decode(status["certificate"]), key_pem
         await asyncio.sleep(poll)
 
 
@@ -160,7 +163,7 @@ def store(cert_dir: Path, cert_pem: bytes, key_pem: bytes, prefix: str = CLIENT)
     link.unlink(missing_ok=True)
     link.symlink_to(target.name)
     link.replace(cert_dir / current)
-    return ClientCert(target, x509.load_pem_x509_certificate(cert_pem))
+    return ClientCert(target, *pem.validity(cert_pem))
 
 
 def write_kubeconfig(path: Path, bootstrap_kubeconfig: Path, cert_dir: Path) -> None:
@@ -199,16 +202,16 @@ async def bootstrap(kubeconfig: Path, bootstrap_kubeconfig: Path, cert_dir: Path
     unreachable apiserver or a denied CSR is logged and tried again with back-off.
     """
     try:
-        config = KubeConfig.from_file(str(bootstrap_kubeconfig))
-    except Exception as err:  # noqa: BLE001 - lightkube raises several types for a bad file
+        access = read_kubeconfig(bootstrap_kubeconfig)
+    except KubeconfigError as err:
         raise BootstrapError(f"cannot use bootstrap kubeconfig {bootstrap_kubeconfig}: {err}") from err
 
     async def request() -> None:
-        client = AsyncClient(config=config)
+        http = H2Client(access.server, access.tls, access.headers)
         try:
-            current = store(cert_dir, *await request_certificate(client, node_name))
+            current = store(cert_dir, *await request_certificate(http, node_name))
         finally:
-            await client.close()
+            await http.aclose()
         log.info("Obtained client certificate by TLS bootstrap", path=current.path,
                  notAfter=current.not_after.isoformat())
 
@@ -218,9 +221,9 @@ async def bootstrap(kubeconfig: Path, bootstrap_kubeconfig: Path, cert_dir: Path
     log.info("Wrote kubeconfig", path=kubeconfig)
 
 
-async def rotate(client: AsyncClient, cert_dir: Path, node_name: str) -> ClientCert:
+async def rotate(http: H2Client, cert_dir: Path, node_name: str) -> ClientCert:
     """Replace the current client certificate with a new one, using the node's own credentials."""
-    new = store(cert_dir, *await request_certificate(client, node_name))
+    new = store(cert_dir, *await request_certificate(http, node_name))
     log.info("Rotated client certificate", path=new.path, notAfter=new.not_after.isoformat())
     return new
 

@@ -44,7 +44,7 @@ class KubeletServer:
             files = self.certificate.current()
             if files is None:
                 log.info("Waiting for a signed serving certificate", signer=tls.SERVING_SIGNER)
-                files = await self.certificate.obtain(self.api.client)
+                files = await self.certificate.obtain(self.api.http)
             ctx = tls.context(config, *files)
             await self._start(routes.build(self.host, self.authenticator, self.authorizer), config.port, ctx)
             log.info("Serving the kubelet API", address=f"{config.address}:{config.port}", cert=files[0])

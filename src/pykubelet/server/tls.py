@@ -21,11 +21,6 @@ import socket
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from nodeagent import logs, retry
 
 from ..node import certificates
@@ -41,17 +36,16 @@ _MIN_VERSIONS = {"VersionTLS10": ssl.TLSVersion.TLSv1, "VersionTLS11": ssl.TLSVe
                  "VersionTLS12": ssl.TLSVersion.TLSv1_2, "VersionTLS13": ssl.TLSVersion.TLSv1_3}
 
 
-def serving_names(hostname: str, ips: list[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.DNSName(hostname)]
-    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(ips)]
-    return names
-
-
 def self_signed(cert_dir: Path, hostname: str, ips: list[str]) -> tuple[Path, Path]:
     """<cert-dir>/kubelet.crt and kubelet.key, created when either is missing (as upstream)."""
     cert_path, key_path = cert_dir / "kubelet.crt", cert_dir / "kubelet.key"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
+    from cryptography import x509  # only to make one: see node/pem.py
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{hostname}@{int(now.timestamp())}")])
@@ -63,7 +57,9 @@ def self_signed(cert_dir: Path, hostname: str, ips: list[str]) -> tuple[Path, Pa
                                          content_commitment=False, data_encipherment=False, key_agreement=False,
                                          crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.SubjectAlternativeName(serving_names(hostname, ips)), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(hostname)] + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(ips)]),
+                critical=False)
             .sign(key, hashes.SHA256()))
     cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -119,20 +115,20 @@ class ServingCertificate:
             return (found.path, found.path) if found else None
         return self_signed(self.config.cert_dir, self.hostname, self.ips)
 
-    async def obtain(self, client) -> tuple[Path, Path]:
+    async def obtain(self, http) -> tuple[Path, Path]:
         """The first serving certificate by CSR, waiting for approval (apiserver errors and denials are
         logged and retried with back-off)."""
         if self.current() is None:
-            await retry.until_done(certificates.counted(lambda: self._request(client), self.metrics), log,
+            await retry.until_done(certificates.counted(lambda: self._request(http), self.metrics), log,
                                    "Serving certificate request failed; retrying")
         if self.metrics is not None and self.bootstrap:
             self.metrics.current(certificates.load_current(self.config.cert_dir, certificates.SERVER))
         return self.current()
 
-    async def _request(self, client) -> None:
+    async def _request(self, http) -> None:
         cert_pem, key_pem = await certificates.request_certificate(
-            client, self.node_name, signer=SERVING_SIGNER, usages=SERVING_USAGES,
-            san=serving_names(self.hostname, self.ips))
+            http, self.node_name, signer=SERVING_SIGNER, usages=SERVING_USAGES, dns_names=[self.hostname],
+            ips=self.ips)
         stored = certificates.store(self.config.cert_dir, cert_pem, key_pem, certificates.SERVER)
         log.info("Obtained serving certificate", path=stored.path, notAfter=stored.not_after.isoformat())
 
@@ -141,11 +137,11 @@ class ServingCertificate:
         after each renewal. A failed renewal keeps the old certificate in service."""
 
         async def renew() -> None:
-            await self._request(api.client)
+            await self._request(api.http)
             self.renewed.set()
 
         while True:
             await certificates.keep_renewed(self.config.cert_dir, certificates.SERVER, renew, "Serving certificate",
                                             self.metrics)
-            await self.obtain(api.client)  # the files were removed under us: request a new one
+            await self.obtain(api.http)  # the files were removed under us: request a new one
             self.renewed.set()

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx2
-
 from nodeagent import logs
+from nodeagent.h2client import H2Client
+
 from . import atomicwriter, configmaps, downwardapi, emptydir, hostpath, mounts, ownership, persistent, projected
 from .objects import ObjectCache, Unavailable
 
@@ -114,8 +114,8 @@ def nested_mount_points(pod: dict, volume: str) -> set[str]:
 
 
 class VolumeManager:
-    def __init__(self, http: Callable[[], httpx2.AsyncClient], root_dir: Path, *,
-                 watch_http: Callable[[], httpx2.AsyncClient] | None = None,
+    def __init__(self, http: Callable[[], H2Client], root_dir: Path, *,
+                 watch_http: Callable[[], H2Client] | None = None,
                  node_allocatable: dict[str, str] | None = None, node_name: str = "",
                  wake: Callable[[Iterable[str]], None] = lambda uids: None):
         """`http`: the apiserver; `watch_http`: the client for the ConfigMap and Secret watches, each of which

@@ -14,9 +14,8 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import httpx2
-
 from nodeagent import logs
+from nodeagent.h2client import H2Client
 from nodeagent.listwatch import ListWatch
 
 log = logs.get(__name__)
@@ -43,7 +42,7 @@ class _Watched:
 class ObjectCache:
     """Watched objects of one kind (`plural`: configmaps or secrets), referenced by pod uid."""
 
-    def __init__(self, http: Callable[[], httpx2.AsyncClient], plural: str, kind: str,
+    def __init__(self, http: Callable[[], H2Client], plural: str, kind: str,
                  on_change: Callable[[Iterable[str]], None] = lambda uids: None):
         self.http = http
         self.plural = plural

@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 
-import httpx2
+from nodeagent.h2client import H2Client
 
 from . import configmaps, downwardapi
 from .atomicwriter import FileProjection
@@ -28,7 +28,7 @@ GetObject = Callable[[str, str], Awaitable["dict | None"]]  # (kind, name) -> ob
 class Tokens:
     """Service account tokens per (pod uid, volume, path), renewed when due."""
 
-    def __init__(self, http: Callable[[], httpx2.AsyncClient]):
+    def __init__(self, http: Callable[[], H2Client]):
         self.http = http
         self._tokens: dict[tuple[str, str, str], tuple[bytes, float]] = {}  # -> (token, renew at)
 

@@ -1,4 +1,4 @@
-"""nodeagent.h2watch against a real HTTP/2 server (hypercorn, TLS with ALPN h2) on 127.0.0.1."""
+"""nodeagent.h2client against a real HTTP/2 server (hypercorn, TLS with ALPN h2) on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import socket
 import ssl
 import subprocess
 
+import h2.config
 import pytest
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from nodeagent.h2watch import H2Client, H2Error
+from nodeagent.h2client import H2Client, HTTP2Error, HTTPStatusError
 from nodeagent.listwatch import ListWatch
 
 
@@ -49,6 +50,22 @@ class Server:
             body = json.dumps({"items": [{"n": 1}], "metadata": {"resourceVersion": "7"}}).encode()
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": body})
+            return
+        if path == "/echo":  # the request's method, headers and body, as JSON
+            body = b""
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            answer = json.dumps({"method": scope["method"], "length": len(body), "sum": sum(body) % 65521,
+                                 "type": dict(scope["headers"]).get(b"content-type", b"").decode()}).encode()
+            await send({"type": "http.response.start", "status": 201, "headers": []})
+            await send({"type": "http.response.body", "body": answer})
+            return
+        if path == "/conflict":
+            await send({"type": "http.response.start", "status": 409, "headers": []})
+            await send({"type": "http.response.body", "body": b'{"kind":"Status","message":"the object was modified"}'})
             return
         if path == "/gone":
             await send({"type": "http.response.start", "status": 410, "headers": []})
@@ -155,7 +172,7 @@ def test_streams_end_when_the_server_ends_them_and_fail_when_it_goes(certificate
         failing = asyncio.create_task(read_all())
         await asyncio.sleep(0.3)
         stop.set()  # the server shuts down under the open stream
-        with pytest.raises(H2Error):
+        with pytest.raises(HTTP2Error):
             await asyncio.wait_for(failing, 10)
         return ended
     assert asyncio.run(with_server(certificate, body)) == ['{"i":0}']
@@ -172,3 +189,35 @@ def test_list_watch_runs_over_it(certificate):
         await asyncio.gather(task, return_exceptions=True)
         return seen
     assert asyncio.run(with_server(certificate, body))[0] == [{"n": 1}]
+
+
+def test_requests_with_bodies_larger_than_the_windows_and_error_statuses(certificate):
+    async def body(client, app, stop):
+        big = bytes(range(256)) * 8192  # 2 MiB: past the server's initial flow-control window
+        posted = await client.post("/echo", content=big, headers={"Content-Type": "application/octet-stream"})
+        patched = await client.patch("/echo", content='{"a": 1}', headers={"Content-Type": "application/merge-patch+json"})
+        conflict = await client.put("/conflict", content="{}")
+        with pytest.raises(HTTPStatusError) as failed:
+            conflict.raise_for_status()
+        return posted.status_code, posted.json(), patched.json(), failed.value
+    status, posted, patched, failed = asyncio.run(with_server(certificate, body))
+    assert status == 201
+    assert posted == {"method": "POST", "length": 2 << 20, "sum": sum(bytes(range(256)) * 8192) % 65521,
+                      "type": "application/octet-stream"}
+    assert patched == {"method": "PATCH", "length": 8, "sum": sum(b'{"a": 1}') % 65521,
+                       "type": "application/merge-patch+json"}
+    assert failed.status_code == 409 and "the object was modified" in str(failed)
+
+
+def test_a_long_lived_connection_remembers_few_closed_streams():
+    # h2's default keeps 65 536 closed streams per connection (~7 MiB); ours keep 256.
+    from nodeagent.http2 import _H2Connection
+
+    conn = _H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    for _ in range(1000):
+        stream = conn.get_next_available_stream_id()
+        conn.send_headers(stream, [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"),
+                                   (b":authority", b"x")], end_stream=True)
+        conn.reset_stream(stream)
+    assert len(conn._closed_streams) == 256
