@@ -13,7 +13,7 @@ import signal
 import time
 from pathlib import Path
 
-from nodeagent import logs, systemd
+from nodeagent import logs, memdump, systemd
 from nodeagent.apiclient import Api
 from nodeagent.listwatch import ListWatch
 
@@ -230,6 +230,7 @@ class Proxy:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        memdump.install(loop)
         tasks: list[asyncio.Task] = []
         servers = await self._serve()
         try:
