@@ -192,6 +192,8 @@ def load_file(path: str) -> dict:
         doc = yaml.safe_load(Path(path).read_text())
     except OSError as err:
         raise ConfigError(f"failed to read config file {path!r}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (byte {err.start})") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path!r} is not valid YAML: {err}") from None
     if not isinstance(doc, dict):

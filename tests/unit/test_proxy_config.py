@@ -69,6 +69,12 @@ def test_unreadable_or_foreign_config_files(tmp_path):
     bad.write_text("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n")
     with pytest.raises(ConfigError, match="expected kind KubeProxyConfiguration"):
         parse([f"--config={bad}"])
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        parse([f"--config={bad}"])
+    bad.write_bytes(b"}{ not: [yaml\n\x00\x01binary")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse([f"--config={bad}"])
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -96,3 +102,12 @@ def test_refused_flag_exits_2_for_the_units_restart_prevent_exit_status(capsys):
 
     assert main(["--bogus-flag"]) == 2
     assert "--bogus-flag" in capsys.readouterr().err
+
+
+def test_a_start_cleans_up_only_what_cannot_share_the_kernel_with_its_mode():
+    from pyproxy.cli import leftover_modes
+
+    # iptables and ipvs share KUBE-SERVICES and the jumps into it: neither start may remove the other's.
+    assert leftover_modes("iptables") == ["nftables"]
+    assert leftover_modes("ipvs") == ["nftables"]
+    assert leftover_modes("nftables") == ["iptables", "ipvs"]
