@@ -9,20 +9,22 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 
 from cri import CRIClient
 
-from nodeagent import logs, systemd
+from nodeagent import logs, memdump, systemd
 from nodeagent.listwatch import ListWatch
 
 from . import metrics
 from .apiclient import Api
 from .config.kubeletconfig import KubeletConfig, parse_quantity
-from .eviction import EvictionManager
+from .eviction import EvictionManager, signals
+from .images import ImageGC
 from .node import certificates, healthz, nodestatus
 from .node.nodelease import NodeLease
 from .node.nodemanager import NodeManager
-from .pods import qos, servicelinks
+from .pods import admission, qos, servicelinks
 from .pods.events import Recorder
 from .pods.kuberuntime import RuntimeManager
 from .pods.logrotation import LogRotation
@@ -34,12 +36,19 @@ from .pods.statusmanager import StatusManager
 from .probes.probemanager import PodProbes
 from .server import KubeletServer
 from .stats import PodRef, SummaryProvider
-from .version import KUBERNETES_VERSION
+from nodeagent.version import KUBERNETES_VERSION
 from .volumes import VolumeManager
 
 log = logs.get(__name__)
 
 STALE_SYNC = 120.0  # /healthz fails when the status loop has not run for this long
+
+
+async def reclaim_disk(workers: PodWorkers, images: ImageGC) -> None:
+    """Upstream's node-level reclaim for disk pressure, in its order: the finished pods' containers, then every
+    image no container uses any more (those pods' included)."""
+    await workers.remove_finished_runtime()
+    await images.delete_unused()
 
 
 class ServerHost:
@@ -120,7 +129,7 @@ class Kubelet:
         """Renew the client certificate (none when the kubeconfig holds, say, a token)."""
 
         async def renew() -> None:
-            await certificates.rotate(api.client, self.config.cert_dir, self.name)
+            await certificates.rotate(api.http, self.config.cert_dir, self.name)
             await api.reload()
 
         await certificates.keep_renewed(self.config.cert_dir, certificates.CLIENT, renew, "Client certificate",
@@ -131,6 +140,7 @@ class Kubelet:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        memdump.install(loop)
         log.info("Starting pykubelet", version=KUBERNETES_VERSION, node=self.name, nodeIP=self.ip)
         for warning in self.config.warnings:
             log.warning(warning)
@@ -192,8 +202,24 @@ class Kubelet:
                                  node_allocatable=allocatable, node_memory=node.info.memory, get_object=get_object,
                                  metrics=self.metrics, services=services)
         pleg = Pleg(runtime, lambda uid: workers.wake(uid) if workers else None, metrics=self.metrics)
+        images = ImageGC(runtime, self._image_fs, high_percent=self.config.image_gc_high_threshold_percent,
+                         low_percent=self.config.image_gc_low_threshold_percent,
+                         min_age=self.config.image_minimum_gc_age, max_age=self.config.image_maximum_gc_age,
+                         node_event=events.record_node, collected=self.metrics.image_garbage_collected)
+        evictions = self._eviction_manager(lambda: workers, events, images)
+        node.pressure = evictions.pressure
+
+        def admit(pod: dict) -> tuple[str, str] | None:
+            """Upstream's admission order: node pressure (the eviction manager), then resources."""
+            if message := evictions.admit(pod):
+                return "Evicted", message
+            others = [w.pod for w in list(workers.workers.values())
+                      if w.admitted and w.uid != pod["metadata"]["uid"] and w.terminal_status is None
+                      and not w.removed]
+            return admission.fit(pod, others, allocatable)
+
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
-                             probe_manager=self._probe_manager(runtime, events), metrics=self.metrics)
+                             probe_manager=self._probe_manager(runtime, events), metrics=self.metrics, admit=admit)
         self.workers, self.pleg = workers, pleg
         self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=self.name,
                                      root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,
@@ -202,10 +228,6 @@ class Kubelet:
                                      claims=volumes.local_claims)
         self.metrics.watch(runtime_pods=lambda: list(pleg.pods.items()), last_relist=lambda: pleg.last_relist,
                            workers=lambda: list(workers.workers.values()), volume_stats=lambda: self.stats.pvc_stats)
-        evictions = EvictionManager(
-            summary=self.stats.summary,
-            pods=lambda: [w.pod for w in list(workers.workers.values()) if w.terminal_status is None and not w.static],
-            evict=lambda pod, message: workers.workers[pod["metadata"]["uid"]].evict(message))
         source = ListWatch(lambda: api.http, "/api/v1/pods", kind="Pod",
                            params={"fieldSelector": f"spec.nodeName={self.name}"},
                            replace=workers.replace, update=workers.update, remove=workers.remove)
@@ -234,12 +256,39 @@ class Kubelet:
         volumes.share_root()
         return tasks + [asyncio.create_task(events.run(), name="events"),
                 asyncio.create_task(evictions.run(), name="eviction-manager"),
+                asyncio.create_task(images.run(), name="image-gc"),
                 asyncio.create_task(rotation.run(), name="container-log-rotation"),
                 asyncio.create_task(pleg.run(), name="pleg"),
                 asyncio.create_task(source.run(), name="pod-source"),
                 asyncio.create_task(service_source.run(), name="service-source"),
                 asyncio.create_task(static.run(), name="static-pods"),
                 asyncio.create_task(orphans(), name="orphan-cleanup")]
+
+    async def _image_fs(self) -> dict | None:
+        return ((await self.stats.node()).get("runtime") or {}).get("imageFs")
+
+    def _eviction_manager(self, workers: Callable[[], PodWorkers], events: Recorder,
+                          images: ImageGC) -> EvictionManager:
+        config = self.config
+
+        def active() -> list[dict]:
+            return [w.pod for w in list(workers().workers.values())
+                    if w.terminal_status is None and w.eviction is None and not w.removed and not w.static]
+
+        def cleaned(uid: str) -> bool:
+            """The evicted pod's worker is gone, or its containers stopped and were removed, its volumes released."""
+            worker = workers().workers.get(uid)
+            return worker is None or worker.cleaned_up
+
+        return EvictionManager(
+            node_stats=lambda: self.stats.node(), summary=lambda: self.stats.summary(), pods=active,
+            evict=lambda pod, message, grace: workers().workers[pod["metadata"]["uid"]].evict(message, grace),
+            thresholds=signals.thresholds(config.eviction_hard, config.eviction_soft,
+                                          config.eviction_soft_grace_period, config.eviction_minimum_reclaim),
+            transition_period=config.eviction_pressure_transition_period,
+            max_pod_grace_period=config.eviction_max_pod_grace_period,
+            node_event=events.record_node, evictions=self.metrics.evictions, cleaned=cleaned,
+            reclaim_disk=lambda: reclaim_disk(workers(), images))
 
     def _probe_manager(self, runtime: CRIClient, events: Recorder):
         return lambda worker: PodProbes(worker, runtime, events, self.metrics)

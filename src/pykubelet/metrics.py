@@ -230,6 +230,13 @@ class KubeletMetrics:
                                      "Timestamp in seconds when PLEG was last seen active.")
         self.pleg_discard_events = bare_counter("kubelet_pleg_discard_events",
                                                 "[ALPHA] The number of discard events in PLEG.")
+        self.evictions = bare_counter("kubelet_evictions",
+                                      "[ALPHA] Cumulative number of pod evictions by eviction signal",
+                                      ["eviction_signal"])
+        self.image_garbage_collected = _alpha(
+            Counter, "kubelet_image_garbage_collected_total",
+            "Total number of images garbage collected by the kubelet, whether through disk usage or image age.",
+            ["reason"])
         self.pleg_last_relist: Callable[[], float] = lambda: 0.0  # monotonic start of the last good relist
         self.pleg_last_seen.set_function(self._pleg_last_seen)
 
@@ -275,7 +282,7 @@ class KubeletMetrics:
                    self.pleg_last_seen, self.pleg_discard_events, self.pod_worker_duration, self.pod_start_duration,
                    self.pod_start_sli_duration, self.pod_start_total_duration, self.started_pods,
                    self.started_pods_errors, self.started_containers, self.started_containers_errors,
-                   self.rest_requests, self.rest_request_duration]
+                   self.rest_requests, self.rest_request_duration, self.evictions, self.image_garbage_collected]
 
         # Certificates: registered, as upstream, only when a certificate manager runs for them.
         self.client_certificate = self.serving_certificate = None

@@ -11,6 +11,7 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Pod, Secret, Service
 
 from cri import CRIClient
 from tests.integration.pods import BUSYBOX, container, make_pod, wait_gone, wait_pod
+from tests.integration.polling import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -421,3 +422,39 @@ def test_subpath_expr_expands_from_the_env_and_a_bad_one_waits_with_upstreams_re
     pod = wait_pod(admin, namespace, "badsubpath", lambda p: state(p) is not None and state(p).waiting is not None
                    and state(p).waiting.reason == "CreateContainerConfigError", what="CreateContainerConfigError")
     assert state(pod).waiting.message == "unable to provision SubPath `..`: must not contain '..'"
+
+
+def test_a_pod_asking_for_more_than_the_node_has_is_refused_with_upstreams_reason(admin, node, namespace):
+    greedy = container(resources={"requests": {"cpu": "1000"}})
+    admin.create(make_pod(node, namespace, "greedy", [greedy], nodeName=node.name))  # past the scheduler
+    pod = wait_pod(admin, namespace, "greedy", lambda p: p.status.phase == "Failed", what="refused")
+    assert pod.status.reason == "OutOfcpu"
+    assert pod.status.message.startswith("Node didn't have enough resource: cpu, requested: 1000000, used: ")
+    eventually(lambda: any(e.reason == "OutOfcpu" for e in admin.list(
+        Event, namespace=namespace, fields={"involvedObject.name": "greedy"})), 20, "an OutOfcpu Event")
+    admin.delete(Pod, "greedy", namespace=namespace)
+
+
+def test_pod_pids_limit_stops_a_fork_bomb_at_the_pods_cgroup_which_goes_with_the_pod(admin, node, namespace):
+    # The local nodes run with podPidsLimit 1024: the pod's processes together stop there, the node's do not.
+    from pykubelet.pods.podcgroups import mounts
+    from pykubelet.stats.cgroups import cgroup_dir
+
+    spawn = "for i in $(seq 1200); do sleep 600 & done 2>/dev/null; wait"
+    admin.create(make_pod(node, namespace, "spawner", [container(command=["sh", "-c", spawn])]))
+    pod = wait_pod(admin, namespace, "spawner", lambda p: p.status.phase == "Running", what="Running")
+    v1, unified = mounts()
+    hierarchy = next(((m, r) for m, r, controllers in v1 if "pids" in controllers), unified)
+    cgroup = cgroup_dir(hierarchy, f"{node.cgroup_path.rstrip('/')}/kubepods/besteffort/pod{pod.metadata.uid}")
+    assert (cgroup / "pids.max").read_text().strip() == "1024"
+    # The kernel refuses the forks past the limit (busybox sh then gives up, and the container restarts).
+    def at_the_limit() -> bool:
+        if (cgroup / "pids.peak").exists():  # Linux 6.1 and later: the most the pod ever had
+            return int((cgroup / "pids.peak").read_text()) == 1024
+        return int((cgroup / "pids.current").read_text()) == 1024 \
+            or int((cgroup / "pids.events").read_text().split()[1]) > 0
+
+    eventually(at_the_limit, 30, "the pod's processes stopped at its pids limit (1200 asked for)")
+    admin.delete(Pod, "spawner", namespace=namespace, grace_period=1)
+    wait_gone(admin, namespace, "spawner", timeout=60)
+    eventually(lambda: not cgroup.exists(), 20, "the pod's cgroup removed with the pod")

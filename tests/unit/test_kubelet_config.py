@@ -559,3 +559,19 @@ def test_parse_quantity(text, value):
 def test_parse_quantity_rejects(text):
     with pytest.raises(ValueError):
         parse_quantity(text)
+
+
+def test_binary_garbage_and_non_utf8_are_config_errors_naming_the_file(tmp_path):
+    garbage = tmp_path / "garbage.yaml"
+    garbage.write_bytes(b"}{ not: [yaml\n\x00\x01binary")
+    assert error(["--config", str(garbage)]).startswith(f"{garbage}: invalid YAML")
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"\xff\xfe")
+    assert error(["--config", str(latin)]) == f"{latin}: the kubelet config file is not UTF-8 text (byte 0)"
+
+
+def test_pod_pids_limit_from_the_file_or_the_flag(tmp_path):
+    assert parse([]).pod_pids_limit == -1
+    assert parse(["--config", str(write(tmp_path, KUBEADM_CONFIG + "podPidsLimit: 4096\n"))]).pod_pids_limit == 4096
+    assert parse(["--pod-max-pids=100"]).pod_pids_limit == 100
+    assert "podPidsLimit" in error(["--config", str(write(tmp_path, KUBEADM_CONFIG + "podPidsLimit: -5\n"))])

@@ -9,14 +9,13 @@ import math
 import re
 import time
 
-import httpx2
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from cri import CRIClient, CRIError, Unavailable, api
 from cri.client import OPERATIONS
-from nodeagent.apiclient import Api, ObservedTransport
+from nodeagent.apiclient import Api
 from nodeagent.metrics import exposition
 from pykubelet.node import certificates
 from pykubelet import metrics as kmetrics
@@ -25,6 +24,7 @@ from pykubelet.pods.pleg import Pleg
 from pykubelet.pods.podstate import Container, PodRuntime, Sandbox
 from pykubelet.pods.podstatus import Facts
 from pykubelet.pods.podworkers import PodWorker, PodWorkers
+from pykubelet.probes import probemanager
 from pykubelet.probes.probemanager import PodProbes
 from pykubelet.server import auth, routes
 from tests.unit.test_cri_client import ALL_RPCS
@@ -284,24 +284,63 @@ class _Manager:
         self.synced.set()
         return None
 
+    async def remove_pod(self, uid, rt):
+        return None
+
 
 class _Status:
     def __init__(self):
         self.sets = []
 
+        self.forgotten = []
+
     async def set(self, pod, status):
         self.sets.append(status)
 
+    def forget(self, uid):
+        self.forgotten.append(uid)
+
 
 class _Events:
+    def __init__(self):
+        self.forgotten = []
+
     def record(self, *args, **kwargs):
         pass
+
+    def forget(self, uid):
+        self.forgotten.append(uid)
 
 
 def _pod(uid="uid-1", **status):
     return {"metadata": {"name": "web", "namespace": "default", "uid": uid,
                          "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}, "status": status}
+
+
+def test_pod_workers_keep_nothing_of_a_pod_once_it_is_gone(m):
+    """What used to grow with every pod ever run: its uid in known_uids, its last status in the status manager and
+    its events' deduplication keys."""
+    manager, pleg, status, events = _Manager(), _Pleg(), _Status(), _Events()
+
+    async def scenario():
+        workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip="10.0.0.2",
+                             metrics=m)
+        for uid in ("a", "b"):
+            workers.update(_pod(uid))
+        await asyncio.wait_for(manager.synced.wait(), 5)
+        workers.remove(_pod("a"))  # force-deleted: the worker finishes
+        for _ in range(100):
+            if "a" not in workers.workers:
+                break
+            await asyncio.sleep(0.01)
+        workers.remove(_pod("a"))  # a late DELETED event for it changes nothing
+        known = set(workers.known_uids)
+        await workers.stop()
+        return known, set(workers.workers)
+
+    assert run(scenario()) == ({"b"}, {"b"})
+    assert status.forgotten == ["a"] and events.forgotten == ["a"]
 
 
 def test_pod_workers_time_each_step_by_why_it_ran_and_count_desired_pods(m):
@@ -420,6 +459,9 @@ class _ProbedWorker:
     def wake(self, operation="sync"):
         pass
 
+    def with_api_status(self):
+        return self.pod
+
 
 class _Exec:
     def __init__(self, exit_code):
@@ -462,6 +504,33 @@ def test_a_probe_run_counts_in_prober_probe_total_with_upstreams_labels(m):
            'probe_type="Readiness"}' in text
     # The worker stopped: its series are gone, as upstream deletes them.
     assert "prober_probe_total{" not in exposition(m.probes_registry).decode()
+
+
+def test_after_a_kubelet_restart_a_running_container_keeps_its_started_and_ready(m):
+    """Upstream's kubeletRestartGracePeriod: no readiness flap (and no startup probe) for a container that ran
+    before this kubelet started, while the API shows the pod Ready; a new container starts unready."""
+    probes_spec = {"exec": {"command": ["true"]}, "periodSeconds": 30, "initialDelaySeconds": 30}
+    containers = [{"name": name, "readinessProbe": probes_spec, "startupProbe": probes_spec} for name in "ab"]
+    long_ago = int((probemanager.KUBELET_START - 60) * 1e9)
+    pod = {"metadata": {"name": "web", "namespace": "default", "uid": "uid-1"}, "spec": {"containers": containers},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}], "containerStatuses": [
+               {"name": "a", "containerID": "containerd://old-a", "started": True, "ready": True},
+               {"name": "b", "containerID": "containerd://replaced", "started": True, "ready": True}]}}
+    rt = PodRuntime(sandboxes=[Sandbox("sb", 0, api.SANDBOX_READY, 1)], containers=[
+        Container(f"old-{name}", name, 0, api.CONTAINER_RUNNING, 1, "sb", "busybox", {}, {}, started_at=long_ago)
+        for name in "ab"])
+
+    async def scenario():
+        probes = PodProbes(_ProbedWorker(pod), _Exec(0), _Events(), m)
+        probes.update(pod, rt)
+        kinds = {name: [w.kind for w in probes.containers[name].workers] for name in "ab"}
+        facts = dict(probes.worker.facts.started), dict(probes.worker.facts.ready)
+        probes.stop()
+        return kinds, facts
+
+    kinds, (started, ready) = run(scenario())
+    assert started == {"a": True, "b": False} and ready == {"a": True, "b": False}
+    assert kinds == {"a": ["readiness"], "b": ["startup", "readiness"]}
 
 
 # ------------------------------------------------------------------ certificates
@@ -515,28 +584,18 @@ def test_keep_renewed_reports_the_certificate_in_use(m, tmp_path, monkeypatch):
 
 
 def test_rest_client_requests_by_code_method_and_host(m):
-    def answer(request):
-        if request.url.path == "/down":
-            raise httpx2.ConnectError("connection refused", request=request)
-        return httpx2.Response(404 if request.url.path == "/missing" else 200)
-
-    async def scenario():
-        transport = ObservedTransport(httpx2.MockTransport(answer), m.rest_request)
-        async with httpx2.AsyncClient(transport=transport, base_url="https://10.0.0.1:6443") as http:
-            await http.get("/api/v1/pods")
-            await http.patch("/missing")
-            with pytest.raises(httpx2.ConnectError):
-                await http.get("/down")
-
-    run(scenario())
-    reg, host = m.registry, "10.0.0.1:6443"
+    host = "10.0.0.1:6443"
+    m.rest_request("GET", host, 200, 0.01)
+    m.rest_request("PATCH", host, 404, 0.02)
+    m.rest_request("GET", host, None, 0.5)  # failed without a response
+    reg = m.registry
     assert value(reg, "rest_client_requests_total", code="200", method="GET", host=host) == 1
     assert value(reg, "rest_client_requests_total", code="404", method="PATCH", host=host) == 1
     assert value(reg, "rest_client_requests_total", code="<error>", method="GET", host=host) == 1
     assert value(reg, "rest_client_request_duration_seconds_count", verb="GET", host=host) == 2
 
 
-def test_the_api_client_wraps_its_transport_when_observed(m, tmp_path):
+def test_the_api_clients_report_to_the_observer(m, tmp_path):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
@@ -544,16 +603,15 @@ def test_the_api_client_wraps_its_transport_when_observed(m, tmp_path):
         "contexts: [{name: c, context: {cluster: k, user: u}}]\nusers: [{name: u, user: {token: abc}}]\n")
 
     async def scenario():
-        observed = Api(kubeconfig, field_manager="test", observe=m.rest_request)
-        plain = Api(kubeconfig, field_manager="test")
+        api = Api(kubeconfig, field_manager="test", observe=m.rest_request)
         try:
-            return type(observed.http._transport), type(plain.http._transport)
+            return api.http.observe, api.watch_http.observe, dict(api.http.headers)
         finally:
-            await observed.close()
-            await plain.close()
+            await api.close()
 
-    wrapped, unwrapped = run(scenario())
-    assert wrapped is ObservedTransport and unwrapped is not ObservedTransport
+    http, watch, headers = run(scenario())
+    assert http == watch == m.rest_request
+    assert headers[b"authorization"] == b"Bearer abc" and headers[b"user-agent"].startswith(b"test/v1.36")
 
 
 # ------------------------------------------------------------------ the routes
@@ -590,3 +648,20 @@ def test_volume_stats_of_each_claim_once(m):
     assert value(m.registry, "kubelet_volume_stats_used_bytes", namespace="ns", persistentvolumeclaim="claim") == 40
     assert value(m.registry, "kubelet_volume_stats_inodes_free", namespace="ns", persistentvolumeclaim="claim") == 7
     assert len(families(m.registry)["kubelet_volume_stats_capacity_bytes"].samples) == 1
+
+
+def test_a_pod_that_finished_before_we_started_gets_no_worker_on_any_relist(m):
+    manager, pleg = _Manager(), _Pleg()
+
+    async def scenario():
+        workers = PodWorkers(runtime=manager, pleg=pleg, status=_Status(), events=_Events(), node_ip="10.0.0.2",
+                             metrics=m)
+        done = _pod("done", phase="Succeeded")
+        workers.replace([done])
+        workers.replace([done])  # the watch expired and listed again
+        workers.update(done)
+        found = dict(workers.workers), set(workers.known_uids)
+        await workers.stop()
+        return found
+
+    assert run(scenario()) == ({}, {"done"})

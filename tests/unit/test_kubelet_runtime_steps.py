@@ -100,3 +100,28 @@ def test_an_ephemeral_container_starts_once_in_the_running_pod():
     asyncio.run(manager.sync(pod, PodRuntime(sandboxes=[sandbox], containers=[exited, web]),
                              Facts(node_ip="10.0.0.2"), set()))
     assert started == [("debugger", "sb", 0)]
+
+
+def test_old_containers_and_emptied_sandboxes_of_a_live_pod_are_removed_across_sandboxes():
+    class Cri:
+        def __init__(self):
+            self.removed = []
+
+        async def remove_container(self, request):
+            self.removed.append(request.container_id)
+
+        async def remove_pod_sandbox(self, request):
+            self.removed.append(request.pod_sandbox_id)
+
+    newest = Sandbox(id="sb3", attempt=2, state=api.SANDBOX_READY, created_at=3, ours=True)
+    older = Sandbox(id="sb2", attempt=1, state=api.SANDBOX_NOTREADY, created_at=2, ours=True)
+    oldest = Sandbox(id="sb1", attempt=0, state=api.SANDBOX_NOTREADY, created_at=1, ours=True)
+    empty = Sandbox(id="sb0", attempt=0, state=api.SANDBOX_NOTREADY, created_at=0, ours=True)
+    running = Container(**{**_container("web", 2, "sb3").__dict__, "state": api.CONTAINER_RUNNING})
+    rt = PodRuntime(sandboxes=[newest, older, oldest, empty],
+                    containers=[running, _container("web", 1, "sb2"), _container("web", 0, "sb1")])
+    manager = RuntimeManager(cri=Cri(), volumes=_Volumes(), events=_Events(), config=None, node_name="n1",
+                             node_ip="10.0.0.2", node_allocatable={}, node_memory=0, get_object=None)
+    asyncio.run(manager._prune(rt))
+    # web-0 is the third of its name: it goes, and with it the sandbox it kept; sb2 holds lastState's web-1.
+    assert manager.cri.removed == ["web-0", "sb1", "sb0"]

@@ -10,7 +10,7 @@ from cri import CRIError, api
 
 from pykubelet.pods.podstate import Container, PodRuntime, Sandbox
 from pykubelet.stats import PodRef, SummaryProvider, as_api, cadvisor_metrics, resource_metrics
-from pykubelet.stats.cgroups import Hierarchies, _dir
+from pykubelet.stats.cgroups import Hierarchies, cgroup_dir
 from pykubelet.stats.summary import _CpuRates, network_stats
 
 HYBRID = """\
@@ -26,8 +26,8 @@ def test_hierarchies_prefer_v1_controllers_and_keep_the_mount_root():
     assert str(found.memory[0]) == "/sys/fs/cgroup/memory" and found.memory[1] == "/outer"
     assert str(found.unified[0]) == "/sys/fs/cgroup/unified"
     # A mount whose root is a cgroup holds the paths below it without that prefix.
-    assert str(_dir(found.memory, "/outer/node/kubepods")) == "/sys/fs/cgroup/memory/node/kubepods"
-    assert str(_dir(found.cpuacct, "/outer/node")) == "/sys/fs/cgroup/cpu,cpuacct/outer/node"
+    assert str(cgroup_dir(found.memory, "/outer/node/kubepods")) == "/sys/fs/cgroup/memory/node/kubepods"
+    assert str(cgroup_dir(found.cpuacct, "/outer/node")) == "/sys/fs/cgroup/cpu,cpuacct/outer/node"
 
 
 def test_v1_usage_has_working_set_without_inactive_file(tmp_path):

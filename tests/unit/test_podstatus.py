@@ -145,3 +145,14 @@ def test_ephemeral_containers_have_statuses_of_their_own_outside_readiness():
     debugger = s["ephemeralContainerStatuses"][0]
     assert "running" in debugger["state"] and debugger["ready"] is False
     assert [c["name"] for c in s["containerStatuses"]] == ["main"]
+
+
+def test_qos_class_comes_from_the_pod_even_before_any_sync():
+    # A pod refused at admission never reaches the runtime's sync; its status still names the class the API
+    # computed (the field is immutable: a different one is refused with HTTP 422).
+    p = pod()
+    p["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1000"}}
+    empty = PodRuntime(sandboxes=[], containers=[])
+    assert podstatus.compute(p, empty, podstatus.Facts(node_ip="10.221.0.11"))["qosClass"] == "Burstable"
+    p["status"]["qosClass"] = "Guaranteed"  # what the API recorded wins
+    assert podstatus.compute(p, empty, podstatus.Facts(node_ip="10.221.0.11"))["qosClass"] == "Guaranteed"

@@ -159,6 +159,12 @@ class KubeletConfig:
     node_status_report_frequency: float
     node_lease_duration_seconds: int
     eviction_hard: dict[str, str]
+    eviction_soft: dict[str, str]
+    eviction_soft_grace_period: dict[str, str]  # signal -> Go duration
+    eviction_minimum_reclaim: dict[str, str]
+    eviction_pressure_transition_period: float
+    eviction_max_pod_grace_period: int
+    pod_pids_limit: int  # pids.max of each pod's cgroup when > 0
     system_reserved: dict[str, str]
     kube_reserved: dict[str, str]
     shutdown_grace_period: float
@@ -175,6 +181,8 @@ class KubeletConfig:
     volume_stats_agg_period: float
     image_gc_high_threshold_percent: int
     image_gc_low_threshold_percent: int
+    image_minimum_gc_age: float  # an unused image is younger than this (since first seen) stays
+    image_maximum_gc_age: float  # 0, or an image unused for longer goes whatever the disk usage
     serialize_image_pulls: bool
     runtime_request_timeout: float
     file_check_frequency: float
@@ -395,8 +403,7 @@ def _eviction_thresholds(value: Any) -> dict[str, str]:
     """Signal -> "N%" or a positive quantity, as pkg/kubelet/eviction parses them."""
     thresholds = _string_map(value)
     for signal, threshold in thresholds.items():
-        if signal not in EVICTION_SIGNALS:
-            raise _Invalid(f"unsupported eviction signal {_q(signal)}")
+        _signal(signal)
         percent = threshold.endswith("%")
         try:
             amount = float(threshold[:-1]) if percent else parse_quantity(threshold)
@@ -407,6 +414,39 @@ def _eviction_thresholds(value: Any) -> dict[str, str]:
         if not percent and amount <= 0:
             raise _Invalid(f"{signal}: threshold {_q(threshold)} must be positive")
     return thresholds
+
+
+def _signal(signal: str) -> None:
+    if signal not in EVICTION_SIGNALS:
+        raise _Invalid(f"unsupported eviction signal {_q(signal)}")
+
+
+@_kind("map")
+def _eviction_grace_periods(value: Any) -> dict[str, str]:
+    """Signal -> a Go duration, how long a soft threshold must hold before it evicts."""
+    periods = _string_map(value)
+    for signal, period in periods.items():
+        _signal(signal)
+        try:
+            _duration(period)
+        except _Invalid as err:
+            raise _Invalid(f"{signal}: {err}") from None
+    return periods
+
+
+@_kind("map")
+def _eviction_minimum_reclaim(value: Any) -> dict[str, str]:
+    """Signal -> "N%" or a quantity: how far beyond its threshold a signal must recover to end the pressure."""
+    amounts = _string_map(value)
+    for signal, amount in amounts.items():
+        _signal(signal)
+        try:
+            number = float(amount[:-1]) if amount.endswith("%") else parse_quantity(amount)
+        except ValueError:
+            raise _Invalid(f"{signal}: invalid minimum reclaim {_q(amount)}") from None
+        if number < 0:
+            raise _Invalid(f"{signal}: minimum reclaim {_q(amount)} must not be negative")
+    return amounts
 
 
 @_kind("map")
@@ -589,7 +629,17 @@ _FIELDS = [
     _Field("nodeStatusReportFrequency", "node_status_report_frequency", _duration, 300.0),
     _Field("nodeLeaseDurationSeconds", "node_lease_duration_seconds", _int(1, _INT32_MAX), 40),
     _Field("evictionHard", "eviction_hard", _eviction_thresholds, DEFAULT_EVICTION_HARD, "eviction-hard"),
+    _Field("evictionSoft", "eviction_soft", _eviction_thresholds, {}, "eviction-soft"),
+    _Field("evictionSoftGracePeriod", "eviction_soft_grace_period", _eviction_grace_periods, {},
+           "eviction-soft-grace-period"),
+    _Field("evictionMinimumReclaim", "eviction_minimum_reclaim", _eviction_minimum_reclaim, {},
+           "eviction-minimum-reclaim"),
+    _Field("evictionPressureTransitionPeriod", "eviction_pressure_transition_period", _duration, 300.0,
+           "eviction-pressure-transition-period"),
+    _Field("evictionMaxPodGracePeriod", "eviction_max_pod_grace_period", _int(-_INT32_MAX - 1, _INT32_MAX), 0,
+           "eviction-max-pod-grace-period"),
     _Field("mergeDefaultEvictionSettings", None, _bool, False),
+    _Field("podPidsLimit", "pod_pids_limit", _int(-1, 2**63 - 1), -1, "pod-max-pids"),
     _Field("systemReserved", "system_reserved", _reserved, {}, "system-reserved"),
     _Field("kubeReserved", "kube_reserved", _reserved, {}, "kube-reserved"),
     _Field("shutdownGracePeriod", "shutdown_grace_period", _grace_period, 0.0),
@@ -609,6 +659,8 @@ _FIELDS = [
            "image-gc-high-threshold", keep_zero=True),
     _Field("imageGCLowThresholdPercent", "image_gc_low_threshold_percent", _int(0, 100), 80,
            "image-gc-low-threshold", keep_zero=True),
+    _Field("imageMinimumGCAge", "image_minimum_gc_age", _duration, 120.0, "minimum-image-ttl-duration"),
+    _Field("imageMaximumGCAge", "image_maximum_gc_age", _duration, 0.0),
     _Field("serializeImagePulls", "serialize_image_pulls", _bool, True, "serialize-image-pulls", keep_zero=True),
     _Field("maxParallelImagePulls", None, _int(1, _INT32_MAX), None),
     _Field("runtimeRequestTimeout", "runtime_request_timeout", _duration, 2 * 60.0, "runtime-request-timeout"),
@@ -736,8 +788,11 @@ def _load_file(path: Path, warnings: list[str]) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the kubelet config file: {err.strerror or err}") from None
-    loader = _Loader(text)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: the kubelet config file is not UTF-8 text (byte {err.start})") from None
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters here already
         document = loader.get_single_data()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -745,7 +800,8 @@ def _load_file(path: Path, warnings: list[str]) -> dict[str, Any]:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if document is None:
         raise ConfigError(f"{path}: the kubelet config file is empty")
     if not isinstance(document, dict):
@@ -886,11 +942,20 @@ def _check_together(values: dict[str, Any]) -> None:
         raise ConfigError(
             f"invalid configuration: imageGCLowThresholdPercent (--image-gc-low-threshold) {low} must be "
             f"less than imageGCHighThresholdPercent (--image-gc-high-threshold) {high}")
+    youngest, oldest = values["imageMinimumGCAge"], values["imageMaximumGCAge"]
+    if 0 < oldest <= youngest:
+        raise ConfigError(
+            f"invalid configuration: imageMaximumGCAge {format_duration(oldest)} must be greater than "
+            f"imageMinimumGCAge {format_duration(youngest)}")
     grace, critical = values["shutdownGracePeriod"], values["shutdownGracePeriodCriticalPods"]
     if critical > grace:
         raise ConfigError(
             f"invalid configuration: shutdownGracePeriodCriticalPods {format_duration(critical)} must be "
             f"<= shutdownGracePeriod {format_duration(grace)}")
+    for signal in values["evictionSoft"]:
+        if signal not in values["evictionSoftGracePeriod"]:
+            raise ConfigError("invalid configuration: grace period must be specified for the soft eviction "
+                              f"threshold {signal} (evictionSoftGracePeriod, --eviction-soft-grace-period)")
     if (values["tlsCertFile"] is None) != (values["tlsPrivateKeyFile"] is None):
         raise ConfigError(
             "invalid configuration: tlsCertFile (--tls-cert-file) and tlsPrivateKeyFile "

@@ -6,13 +6,12 @@ import asyncio
 import json
 import re
 import time
-
-from lightkube.resources.core_v1 import Node
+from collections.abc import Callable
 
 from cri import CRIClient, CRIError
 
 from nodeagent import logs, retry, systemd
-from nodeagent.apiclient import is_conflict
+from nodeagent.apiclient import STRATEGIC_MERGE, is_conflict
 
 from . import nodestatus
 from .. import timestamps
@@ -20,6 +19,8 @@ from ..apiclient import Api
 from ..config.kubeletconfig import KubeletConfig, parse_quantity
 
 log = logs.get(__name__)
+
+NODES = "/api/v1/nodes"
 
 
 class NodeManager:
@@ -38,6 +39,8 @@ class NodeManager:
         self._sent_key: str | None = None
         self._sent_at = 0.0
         self._status_line = ""  # the last STATUS= sent to systemd
+        # The pressure conditions: the eviction manager's, once the pod machinery is up (kubelet.py wires it).
+        self.pressure: Callable[[], nodestatus.Pressure] = nodestatus.Pressure
 
     # ------------------------------------------------------------------ registration
 
@@ -65,24 +68,24 @@ class NodeManager:
                                           initial=0.5, maximum=7, node=self.name)
 
     async def _register_once(self) -> str:
-        client = self.api.client
         desired = self.desired_node()
         try:
-            created = await client.create(Node.from_dict(desired))
+            created = await self.api.json("POST", NODES, desired)
             log.info("Successfully registered node", node=self.name)
-            return created.metadata.uid
+            return created["metadata"]["uid"]
         except Exception as err:
             if not is_conflict(err):
                 raise
-        existing = await client.get(Node, self.name)
+        existing = await self.api.json("GET", f"{NODES}/{self.name}")
+        labels = existing["metadata"].get("labels") or {}
         patch: dict = {"metadata": {"labels": {k: v for k, v in desired["metadata"]["labels"].items()
-                                               if (existing.metadata.labels or {}).get(k) != v}}}
-        if self.config.pod_cidr and not (existing.spec and existing.spec.podCIDR):
+                                               if labels.get(k) != v}}}
+        if self.config.pod_cidr and not (existing.get("spec") or {}).get("podCIDR"):
             patch["spec"] = {"podCIDR": self.config.pod_cidr, "podCIDRs": [self.config.pod_cidr]}
         if patch["metadata"]["labels"] or "spec" in patch:
-            await client.patch(Node, self.name, patch)
-        log.info("Node was previously registered", node=self.name, uid=existing.metadata.uid)
-        return existing.metadata.uid
+            await self.api.json("PATCH", f"{NODES}/{self.name}", patch, STRATEGIC_MERGE)
+        log.info("Node was previously registered", node=self.name, uid=existing["metadata"]["uid"])
+        return existing["metadata"]["uid"]
 
     # ------------------------------------------------------------------ status
 
@@ -105,7 +108,7 @@ class NodeManager:
 
     async def compute_status(self) -> dict:
         problems, images = await self._runtime_facts()
-        pressure = nodestatus.measure_pressure(self.config.root_dir, self.config.eviction_hard, parse_quantity)
+        pressure = self.pressure()
         previous = (self._sent or {}).get("conditions", [])
         return {
             "conditions": nodestatus.conditions(previous, timestamps.now(), ready_problems=problems, pressure=pressure),
@@ -135,7 +138,7 @@ class NodeManager:
         due = time.monotonic() - self._sent_at >= self.config.node_status_report_frequency
         if key == self._sent_key and not due:
             return False
-        await self.api.client.patch(Node.Status, self.name, {"status": status})
+        await self.api.json("PATCH", f"{NODES}/{self.name}/status", {"status": status}, STRATEGIC_MERGE)
         changed = key != self._sent_key
         self._sent, self._sent_key, self._sent_at = status, key, time.monotonic()
         ready = next(c for c in status["conditions"] if c["type"] == "Ready")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from ..version import KUBERNETES_VERSION
+from nodeagent.version import KUBERNETES_VERSION
 
 ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le", "s390x": "s390x"}
 MAX_IMAGES = 50  # upstream's nodeStatusMaxImages
@@ -143,25 +143,11 @@ def allocatable(info: MachineInfo, max_pods: int, *, kube_reserved: dict[str, st
 
 @dataclass(frozen=True)
 class Pressure:
+    """The node's pressure conditions, as the eviction manager sees them."""
+
     memory: bool = False
     disk: bool = False
     pid: bool = False
-
-
-def measure_pressure(root_dir: Path, eviction_hard: dict[str, str], parse_quantity) -> Pressure:
-    """Compare the host's headroom with the hard eviction thresholds."""
-    vm = psutil.virtual_memory()
-    root = str(root_dir if root_dir.exists() else Path("/"))
-    disk = psutil.disk_usage(root)
-    memory = vm.available < _threshold(eviction_hard.get("memory.available"), vm.total, parse_quantity)
-    nodefs = disk.free < _threshold(eviction_hard.get("nodefs.available"), disk.total, parse_quantity)
-    st = os.statvfs(root)
-    inodes = bool(st.f_files) and st.f_ffree < _threshold(eviction_hard.get("nodefs.inodesFree"), st.f_files,
-                                                          parse_quantity)
-    pid_max = int(_read("/proc/sys/kernel/pid_max") or 4194304)
-    pids = len(psutil.pids())
-    pid = (pid_max - pids) < _threshold(eviction_hard.get("pid.available"), pid_max, parse_quantity)
-    return Pressure(memory=memory, disk=nodefs or inodes, pid=pid)
 
 
 def conditions(previous: list[dict], now: str, *, ready_problems: list[str], pressure: Pressure) -> list[dict]:

@@ -45,8 +45,20 @@ class Recorder:
         except asyncio.QueueFull:
             log.warning("Event queue full; dropping event", reason=reason, pod=f"{meta['namespace']}/{meta['name']}")
 
+    def record_node(self, kind: str, reason: str, message: str) -> None:
+        """An event about this node (kept, as upstream's, in the default namespace)."""
+        involved = {"kind": "Node", "apiVersion": "v1", "name": self.node_name, "uid": self.node_name}
+        try:
+            self.queue.put_nowait((involved, kind, reason, message))
+        except asyncio.QueueFull:
+            log.warning("Event queue full; dropping event", reason=reason, node=self.node_name)
+
+    def forget(self, uid: str) -> None:
+        """The pod is gone: its events will not repeat, so what deduplicates them need not be kept."""
+        self._seen = {k: v for k, v in self._seen.items() if k[0] != uid}
+
     async def _send(self, involved: dict, kind: str, reason: str, message: str) -> None:
-        namespace = involved["namespace"]
+        namespace = involved.get("namespace") or "default"
         key = (involved["uid"], involved.get("fieldPath"), kind, reason, message)
         seen = self._seen.get(key)
         now = timestamps.now()

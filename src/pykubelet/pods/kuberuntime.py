@@ -10,6 +10,7 @@ never exceptions out of the worker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from . import dns, envvars, etchosts, logrotation, qos, runtime_config
 from .servicelinks import ServiceCache
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
+from .podcgroups import PodCgroups
 from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime
 from .podstatus import Facts
 from .. import handlers
@@ -132,6 +134,10 @@ class RuntimeManager:
         if self.metrics is not None:
             self.metrics.pod_startup.image_pulled(pod["metadata"]["uid"], time.monotonic() - started)
 
+    @functools.cached_property
+    def pod_cgroups(self) -> PodCgroups:
+        return PodCgroups(self.config.cgroup_root, self.config.pod_pids_limit)
+
     # ------------------------------------------------------------------ sandbox
 
     def _sandbox_config(self, pod: dict, attempt: int, report: bool = False) -> api.PodSandboxConfig:
@@ -178,6 +184,12 @@ class RuntimeManager:
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
         for old in rt.sandboxes:
             await self.cri.stop_pod_sandbox(api.StopPodSandboxRequest(pod_sandbox_id=old.id))
+        try:
+            self.pod_cgroups.prepare(config.linux.cgroup_parent)
+        except OSError as err:
+            message = f"Failed to create pod sandbox: the pod's cgroup {config.linux.cgroup_parent}: {err}"
+            self.events.record(pod, WARNING, "FailedCreatePodSandBox", message)
+            raise ContainerProblem("ContainerCreating", message) from err
         try:
             sandbox_id = (await self.cri.run_pod_sandbox(api.RunPodSandboxRequest(config=config))).pod_sandbox_id
         except CRIError as err:
@@ -422,7 +434,6 @@ class RuntimeManager:
     async def sync(self, pod: dict, rt: PodRuntime, facts: Facts, unhealthy: set[str]) -> float | None:
         """One step toward the spec; `unhealthy` names containers whose liveness or startup probe failed."""
         spec = pod["spec"]
-        facts.qos_class = qos.qos_class(pod)
         try:
             volumes = await self.volumes.setup(pod)
         except MountProblem as problem:
@@ -510,7 +521,7 @@ class RuntimeManager:
                                          facts, None, "ephemeral_container", newest=rt.latest(container["name"]))
                 if wait is not None:
                     waits.append(wait)
-        await self._prune(in_sandbox)
+        await self._prune(rt)
         token_refresh = self.volumes.next_refresh(pod["metadata"]["uid"])
         if token_refresh is not None:
             waits.append(token_refresh)
@@ -526,19 +537,35 @@ class RuntimeManager:
         return True
 
     async def _prune(self, rt: PodRuntime) -> None:
-        """Keep the newest two containers of each name (for lastState); remove older exited ones."""
+        """A live pod's garbage, as upstream's container GC takes it: of each container name the newest two are
+        kept (the newest, and the one before for lastState), older exited ones removed, in whatever sandbox;
+        then every sandbox but the newest that is not ready and holds no container any more (a pod whose
+        sandbox was recreated, after a reboot say, would otherwise keep each old one for as long as it runs)."""
         seen: dict[str, int] = {}
+        kept: set[str] = set()
         for record in rt.containers:
             seen[record.name] = seen.get(record.name, 0) + 1
-            if seen[record.name] > 2 and record.state == api.CONTAINER_EXITED:
-                try:
-                    await self.cri.remove_container(api.RemoveContainerRequest(container_id=record.id))
-                except CRIError as err:
-                    log.warning("Removing old container failed", container=record.id, err=err)
-                    continue
-                path = logrotation.log_path(record)
-                if path is not None:
-                    logrotation.clean(path)  # its log and rotated files go with it, as upstream's
+            if seen[record.name] <= 2 or record.state != api.CONTAINER_EXITED:
+                kept.add(record.sandbox_id)
+                continue
+            try:
+                await self.cri.remove_container(api.RemoveContainerRequest(container_id=record.id))
+            except CRIError as err:
+                log.warning("Removing old container failed", container=record.id, err=err)
+                kept.add(record.sandbox_id)
+                continue
+            path = logrotation.log_path(record)
+            if path is not None:
+                logrotation.clean(path)  # its log and rotated files go with it, as upstream's
+        for sandbox in rt.sandboxes[1:]:
+            if sandbox.state == api.SANDBOX_READY or sandbox.id in kept or not sandbox.ours:
+                continue
+            try:
+                await self.cri.remove_pod_sandbox(api.RemovePodSandboxRequest(pod_sandbox_id=sandbox.id))
+            except NotFound:
+                pass
+            except CRIError as err:
+                log.warning("Removing an old sandbox failed", sandbox=sandbox.id, err=err)
 
     async def kill_pod(self, pod: dict, rt: PodRuntime, grace: int | None = None) -> None:
         """Stop every running container, then the sandboxes. As upstream: the regular containers first, in
@@ -566,12 +593,15 @@ class RuntimeManager:
                 except CRIError as err:
                     log.warning("Stopping sandbox failed", pod=pod_ref(pod), err=err)
 
-    async def remove_pod(self, uid: str, rt: PodRuntime) -> None:
+    async def remove_containers(self, rt: PodRuntime) -> None:
+        """Remove the pod's (stopped) containers: their writable layers and logs go."""
         for record in rt.containers:
             try:
                 await self.cri.remove_container(api.RemoveContainerRequest(container_id=record.id))
             except CRIError as err:
                 log.warning("Removing container failed", container=record.id, err=err)
+
+    async def remove_sandboxes(self, rt: PodRuntime) -> None:
         for sandbox in rt.sandboxes:
             try:
                 await self.cri.stop_pod_sandbox(api.StopPodSandboxRequest(pod_sandbox_id=sandbox.id))
@@ -580,7 +610,12 @@ class RuntimeManager:
                 pass  # already gone: that is what we wanted
             except CRIError as err:
                 log.warning("Removing sandbox failed", sandbox=sandbox.id, err=err)
+
+    async def remove_pod(self, uid: str, rt: PodRuntime) -> None:
+        await self.remove_containers(rt)
+        await self.remove_sandboxes(rt)
         self.volumes.tear_down(uid)
+        self.pod_cgroups.remove(uid)
         for directory in logrotation.LOG_ROOT.glob(f"*_*_{uid}"):  # <namespace>_<name>_<uid>; names hold no "_"
             shutil.rmtree(directory, ignore_errors=True)
         self._sandbox_configs = {k: v for k, v in self._sandbox_configs.items() if k[0] != uid}

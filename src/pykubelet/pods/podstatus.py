@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from cri import api
 
 from .. import timestamps
+from . import qos
 from .podstate import Container, PodRuntime
 from ..timestamps import from_ns
 
@@ -24,7 +25,6 @@ class Facts:
     ready: dict[str, bool] = field(default_factory=dict)  # readiness probe results
     started: dict[str, bool] = field(default_factory=dict)  # startup probe results
     messages: dict[str, str] = field(default_factory=dict)  # container id -> termination message
-    qos_class: str = "BestEffort"
 
 
 def _is_sidecar(container: dict) -> bool:
@@ -203,7 +203,7 @@ def compute(pod: dict, rt: PodRuntime, facts: Facts) -> dict:
         "hostIP": facts.node_ip,
         "hostIPs": [{"ip": facts.node_ip}],
         "startTime": old.get("startTime") or timestamps.now(),
-        "qosClass": facts.qos_class,
+        "qosClass": qos.qos_class(pod),
         "containerStatuses": statuses,
     }
     if pod_ips:

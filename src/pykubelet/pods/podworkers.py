@@ -49,6 +49,12 @@ class PodWorker:
         self.pending: tuple[str, float] | None = ("create", self.first_seen)  # (operation, since) of the next step
         self.probes = owner.probe_manager(self) if owner.probe_manager else None
         self.eviction: str | None = None  # why the eviction manager wants the pod gone
+        self.eviction_grace = 0  # seconds the evicted pod's containers get to stop
+        self.cleaned_up = False  # finished, its volumes released (and, if evicted, its containers removed)
+        # Its stopped containers and sandboxes are removed (evicted, or disk reclaimed): the last status it
+        # reported stands, as nothing is left to compute a new one from.
+        self.runtime_removed = False
+        self.admitted = False  # passed admission (or was already running when we first saw it)
 
     def wake(self, operation: str = "sync") -> None:
         """Run a step soon; `operation` (sync, update, kill) is why, for the pod worker duration metric."""
@@ -58,10 +64,10 @@ class PodWorker:
             self.pending = (operation, self.pending[1])
         self.wake_event.set()
 
-    def evict(self, message: str) -> None:
-        """Kill the pod at once and end it Failed with reason Evicted (it stays in the API)."""
+    def evict(self, message: str, grace: int = 0) -> None:
+        """Kill the pod (within `grace` seconds) and end it Failed with reason Evicted (it stays in the API)."""
         if self.eviction is None and self.terminal_status is None:
-            self.eviction = message
+            self.eviction, self.eviction_grace = message, grace
             self.wake("kill")
 
     def api_view(self) -> dict | None:
@@ -118,7 +124,7 @@ class PodWorker:
             if rt.running or any(s.state == api.SANDBOX_READY for s in rt.sandboxes):
                 await owner.runtime.kill_pod(pod, rt, grace)
                 return False, 0.5  # wait for the PLEG to see them stop
-            if not self.removed:
+            if not self.removed and not self.runtime_removed:  # removed: the last status it reported stands
                 status = podstatus.compute(self.with_api_status(), rt, self.facts)
                 status["phase"] = self._terminal_phase(status)
                 await owner.status.set(pod, status)
@@ -131,6 +137,8 @@ class PodWorker:
             return True, None
 
         if self.terminal_status is not None:
+            if self.runtime_removed:
+                return False, None
             if rt.running:
                 await owner.runtime.kill_pod(pod, rt)
             else:
@@ -140,13 +148,40 @@ class PodWorker:
             status = podstatus.compute(self.with_api_status(), rt, self.facts)
             status.update({k: v for k, v in self.terminal_status.items() if k in ("phase", "reason", "message")})
             await self._report(status)
+            if not rt.running:
+                if self.eviction is not None:
+                    # As upstream, an evicted pod's content goes at once: its writable layers and logs may be
+                    # what the node ran short of, and the eviction manager waits for them before it looks again.
+                    self.runtime_removed = True
+                    await owner.runtime.remove_containers(rt)
+                self.cleaned_up = True
             return False, None
+
+        if not self.admitted:
+            self.admitted = True
+            refused = self._refused(rt)
+            if refused:
+                reason, message = refused
+                log.info("Pod refused at admission", pod=pod_ref(pod), reason=reason, message=message)
+                owner.events.record(pod, WARNING, reason, message)
+                status = podstatus.compute(self.with_api_status(), rt, self.facts)
+                status.update(phase="Failed", reason=reason, message=message)
+                self.terminal_status = status
+                await self._report(status)
+                return False, None
 
         if self.eviction is not None:
             owner.events.record(pod, WARNING, "Evicted", self.eviction)
-            await owner.runtime.kill_pod(pod, rt, grace=0)
+            await owner.runtime.kill_pod(pod, rt, grace=self.eviction_grace)
+            # Failed is terminal: the containers it reports must be the stopped ones, not the view from before the
+            # kill (a relist that starts now sees them exited).
+            await owner.pleg.wait_newer(time.monotonic())
             status = podstatus.compute(self.with_api_status(), owner.pleg.pod(self.uid), self.facts)
             status.update(phase="Failed", reason="Evicted", message=self.eviction)
+            status["conditions"] = [c for c in status["conditions"] if c.get("type") != "DisruptionTarget"] + [{
+                "type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                "message": self.eviction, "lastTransitionTime": timestamps.now(),
+                "observedGeneration": status.get("observedGeneration", 0)}]
             self.terminal_status = status
             await self._report(status)
             return False, 0.5  # release its volumes once the PLEG sees the containers stopped
@@ -179,6 +214,14 @@ class PodWorker:
             delay = left if delay is None else min(delay, left)
         return False, delay
 
+    def _refused(self, rt) -> tuple[str, str] | None:
+        """(reason, message) if admission refuses this pod, else None; a pod that has run already (before a
+        restart) is not asked."""
+        if self.owner.admit is None or self.static or not rt.empty \
+                or (self.with_api_status().get("status") or {}).get("startTime"):
+            return None
+        return self.owner.admit(self.pod)
+
     def _observe_start(self, status: dict) -> None:
         """kubelet_pod_start_duration_seconds: first seen → the first status that moves the pod to Running.
 
@@ -199,8 +242,9 @@ class PodWorker:
 
 class PodWorkers:
     def __init__(self, *, runtime: RuntimeManager, pleg: Pleg, status: StatusManager, events: Recorder,
-                 node_ip: str, probe_manager=None, metrics=None):
+                 node_ip: str, probe_manager=None, metrics=None, admit=None):
         self.runtime = runtime
+        self.admit = admit  # pod -> None, or (reason, message) when the node refuses it
         self.metrics = metrics  # KubeletMetrics, or None
         self.pleg = pleg
         self.status = status
@@ -253,9 +297,10 @@ class PodWorkers:
             return
         uid = pod["metadata"]["uid"]
         if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed") and uid not in self.workers \
-                and not pod["metadata"].get("deletionTimestamp") and uid not in self.known_uids:
+                and not pod["metadata"].get("deletionTimestamp"):
+            # Finished before we started, whether seen on the first list or on any relist after: nothing to run.
             self.known_uids.add(uid)
-            return  # finished before we started: nothing to run
+            return
         self.known_uids.add(uid)
         if self.metrics is not None:
             self.metrics.pod_startup.observed_on_watch(pod)
@@ -274,10 +319,12 @@ class PodWorkers:
             self.wake(uid)
             return
         worker = self.workers.get(pod["metadata"]["uid"])
-        if worker is not None:
-            worker.pod = pod
-            worker.removed = True
-            worker.wake("kill")
+        if worker is None:
+            self.known_uids.discard(pod["metadata"]["uid"])  # gone from the API and done with here
+            return
+        worker.pod = pod
+        worker.removed = True
+        worker.wake("kill")
 
     # --- from the PLEG and probes
     def wake(self, uid: str) -> None:
@@ -291,9 +338,31 @@ class PodWorkers:
         task.add_done_callback(self._tasks.discard)
 
     def finished(self, uid: str) -> None:
-        self.workers.pop(uid, None)
+        """A worker is done: forget what was kept for its pod (a uid the API still shows stays known)."""
+        worker = self.workers.pop(uid, None)
+        self.status.forget(uid)
+        self.events.forget(uid)
+        if worker is not None and worker.removed:
+            self.known_uids.discard(uid)
         if self.metrics is not None:
             self.metrics.pod_startup.forget(uid)
+
+    async def remove_finished_runtime(self) -> int:
+        """Upstream's DeleteAllUnusedContainers, for the eviction manager's disk reclaim: every container and
+        sandbox of a pod that has finished (stopped, its volumes released) is removed, so the images they held
+        can go too; its last status stands. Returns how many containers went."""
+        removed = 0
+        for worker in list(self.workers.values()):
+            rt = self.pleg.pod(worker.uid)
+            if worker.static or worker.runtime_removed or not worker.cleaned_up or rt.running or rt.empty:
+                continue
+            worker.runtime_removed = True  # first: a step woken meanwhile must not report the half-removed pod
+            log.info("Removing the containers of a finished pod to reclaim disk", pod=pod_ref(worker.pod),
+                     containers=len(rt.containers))
+            await self.runtime.remove_containers(rt)
+            await self.runtime.remove_sandboxes(rt)
+            removed += len(rt.containers)
+        return removed
 
     async def cleanup_orphans(self) -> None:
         """Kill and remove what the runtime runs for pods the API no longer has (after a restart, say)."""

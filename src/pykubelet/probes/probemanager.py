@@ -21,6 +21,8 @@ from ..pods.podstate import PodRuntime
 log = logs.get(__name__)
 
 KINDS = (("startupProbe", "startup"), ("livenessProbe", "liveness"), ("readinessProbe", "readiness"))
+KUBELET_START = time.time()  # this process's start, near enough: the module loads as the kubelet starts
+RESTART_GRACE = 10.0  # upstream's kubeletRestartGracePeriod
 
 
 class _ContainerProbes:
@@ -78,16 +80,17 @@ class PodProbes:
                     facts.started.pop(name, None)
                 continue
             started = asyncio.Event()
-            if not container.get("startupProbe"):
+            was_started, was_ready = self._before_restart(name, record)
+            if not container.get("startupProbe") or was_started:
                 started.set()
-            else:
-                facts.started[name] = False
+            if container.get("startupProbe"):
+                facts.started[name] = was_started
             if container.get("readinessProbe"):
-                facts.ready[name] = False
+                facts.ready[name] = was_ready
             workers, tasks = [], []
             for key, kind in KINDS:
                 probe = container.get(key)
-                if not probe:
+                if not probe or (kind == "startup" and was_started):  # upstream stops it once started
                     continue
                 worker = ProbeWorker(kind, probe, container=container, pod_ip=self._pod_ip(rt),
                                      exec_fn=self._exec_fn(record.id), on_result=self._on_result(name, started),
@@ -98,6 +101,20 @@ class PodProbes:
                                                  name=f"probe-{kind}-{name}"))
             self.containers[name] = _ContainerProbes(record.id, workers, tasks, started,
                                                      self._forget_series(name, [w.kind for w in workers]))
+
+    def _before_restart(self, name: str, record) -> tuple[bool, bool]:
+        """(started, ready) to begin with, before any probe has run. A container that was running before this
+        kubelet started (by more than RESTART_GRACE, as upstream counts it) keeps what the API shows: `started`
+        as its status says, and ready while the pod is Ready, so that a kubelet restart does not flap the
+        pod's readiness (and its Service endpoints). Any other container starts not started and not ready."""
+        if not record.started_at or record.started_at / 1e9 >= KUBELET_START - RESTART_GRACE:
+            return False, False
+        status = self.worker.with_api_status().get("status") or {}
+        previous = next((c for c in status.get("containerStatuses") or [] if c.get("name") == name), {})
+        if previous.get("containerID", "").rpartition("/")[2] != record.id:
+            return False, False
+        pod_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        return bool(previous.get("started")), pod_ready
 
     def _pod_ip(self, rt: PodRuntime):
         def current() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,16 +36,8 @@ class Hierarchies:
 
     @classmethod
     def discover(cls, mountinfo: str | None = None) -> "Hierarchies":
-        if mountinfo is None:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
         cpuacct = memory = unified = None
-        for line in mountinfo.splitlines():
-            left, _, right = line.partition(" - ")
-            fields, rest = left.split(), right.split()
-            if len(fields) < 5 or len(rest) < 3:
-                continue
-            root, mountpoint = fields[3], Path(fields[4])
-            fstype, options = rest[0], set(rest[2].split(","))
+        for fstype, mountpoint, root, options in cgroup_mounts(mountinfo):
             if fstype == "cgroup2" and unified is None:
                 unified = (mountpoint, root)
             elif fstype == "cgroup":
@@ -66,9 +59,9 @@ class Hierarchies:
     def _read_v1(self, path: str, now: int) -> Usage | None:
         cpu = memory = working = rss = faults = major = None
         if self.cpuacct is not None:
-            cpu = _int(_dir(self.cpuacct, path) / "cpuacct.usage")
+            cpu = _int(cgroup_dir(self.cpuacct, path) / "cpuacct.usage")
         if self.memory is not None:
-            directory = _dir(self.memory, path)
+            directory = cgroup_dir(self.memory, path)
             memory = _int(directory / "memory.usage_in_bytes")
             stat = _stat(directory / "memory.stat")
             if memory is not None:
@@ -79,7 +72,7 @@ class Hierarchies:
         return Usage(now, cpu, memory, working, rss, faults, major)
 
     def _read_v2(self, path: str, now: int) -> Usage | None:
-        directory = _dir(self.unified, path)
+        directory = cgroup_dir(self.unified, path)
         cpu_stat = _stat(directory / "cpu.stat")
         cpu = cpu_stat["usage_usec"] * 1000 if "usage_usec" in cpu_stat else None
         stat = _stat(directory / "memory.stat")
@@ -104,7 +97,19 @@ def own_cgroup(controller: str = "memory") -> str:
     return unified
 
 
-def _dir(mount: tuple[Path, str], path: str) -> Path:
+def cgroup_mounts(mountinfo: str | None = None) -> Iterator[tuple[str, Path, str, set[str]]]:
+    """(cgroup or cgroup2, mount point, the mount's root in its hierarchy, super options) of each cgroup mount in
+    /proc/self/mountinfo (or the text given)."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rest = left.split(), right.split()
+        if len(fields) >= 5 and len(rest) >= 3 and rest[0] in ("cgroup", "cgroup2"):
+            yield rest[0], Path(fields[4]), fields[3], set(rest[2].split(","))
+
+
+def cgroup_dir(mount: tuple[Path, str], path: str) -> Path:
     """The cgroup's directory under a mount whose root may itself be a cgroup (a bind mount, a cgroup namespace)."""
     mountpoint, root = mount
     path = "/" + path.strip("/")

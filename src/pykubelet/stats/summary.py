@@ -343,6 +343,10 @@ class SummaryProvider:
                 listed = []
             return listed, [await self._sandbox_stats(sandbox_id) for sandbox_id in sandbox_ids]
 
+    async def node(self) -> dict:
+        """The summary's node part alone: what the eviction manager observes every round."""
+        return await self._node(time.time_ns(), False)
+
     async def summary(self, only_cpu_and_memory: bool = False) -> dict:
         now = time.time_ns()
         pods = [(ref, rt, rt.sandbox) for ref, rt in self.pods()

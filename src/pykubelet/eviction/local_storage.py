@@ -1,7 +1,7 @@
-"""The eviction manager: pods that outgrow the local storage they were given are evicted, as upstream does.
+"""Pods that outgrow the local storage they were given, as upstream's eviction manager finds them.
 
-Every `period` (upstream's evictionMonitoringPeriod, 10 s) it reads the stats summary (volume usage is walked
-at most once per volumeStatsAggPeriod) when some pod has such a limit, and evicts, at once and with no grace period, each pod whose
+The eviction manager reads the stats summary (volume usage is walked at most once per volumeStatsAggPeriod) when
+some pod has such a limit, and evicts, at once and with no grace period, each pod whose
   - emptyDir holds more than its `sizeLimit`,
   - ephemeral storage (writable layers, logs, emptyDir and configMap volumes) exceeds its limit, or
   - container uses more writable layer and logs than its `ephemeral-storage` limit,
@@ -11,16 +11,9 @@ API until someone deletes it. Critical pods (static, mirror, or of system-critic
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
+from ..pods import qos
+from .signals import quantity_text
 
-from nodeagent import logs
-
-from .pods import qos
-
-log = logs.get(__name__)
-
-MONITORING_PERIOD = 10.0
 SYSTEM_CRITICAL_PRIORITY = 2_000_000_000
 EMPTY_DIR_MESSAGE = 'Usage of EmptyDir volume "{}" exceeds the limit "{}". '
 POD_MESSAGE = "Pod ephemeral local storage usage exceeds the total limit of containers {}. "
@@ -65,7 +58,7 @@ def local_storage_violation(pod: dict, stats: dict) -> str | None:
     if pod_limit is None and containers and all(limits):
         pod_limit = sum(limits)  # upstream's PodLimits: only when every container has one
     if pod_limit is not None and _used(stats.get("ephemeral-storage")) > pod_limit:
-        return POD_MESSAGE.format(_quantity_text(pod_limit))
+        return POD_MESSAGE.format(quantity_text(pod_limit))
     by_name = {c.get("name"): c for c in containers}
     for container_stats in stats.get("containers") or []:
         container = by_name.get(container_stats.get("name"))
@@ -76,50 +69,3 @@ def local_storage_violation(pod: dict, stats: dict) -> str | None:
         if used > qos.quantity(limit_text):
             return CONTAINER_MESSAGE.format(container_stats["name"], limit_text)
     return None
-
-
-def _quantity_text(value) -> str:
-    """A byte count as the API writes a quantity: the largest binary suffix that divides it."""
-    amount = int(value)
-    for suffix, size in (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
-        if amount and amount % size == 0:
-            return f"{amount // size}{suffix}"
-    return str(amount)
-
-
-class EvictionManager:
-    def __init__(self, *, summary: Callable[[], Awaitable[dict]], pods: Callable[[], list[dict]],
-                 evict: Callable[[dict, str], None], period: float = MONITORING_PERIOD):
-        self.summary = summary  # the stats summary (stats.SummaryProvider.summary)
-        self.pods = pods  # the active pods the kubelet runs
-        self.evict = evict  # (pod, message): kill it and end it Failed/Evicted
-        self.period = period
-
-    async def check(self) -> list[str]:
-        """One round; returns the uids of the pods it evicted. Stats are read only when some pod has a limit to
-        check (a summary asks the runtime for every pod's stats)."""
-        pods = [pod for pod in self.pods() if has_local_storage_limits(pod) and not is_critical(pod)]
-        if not pods:
-            return []
-        summary = await self.summary()
-        by_uid = {p["podRef"]["uid"]: p for p in summary.get("pods") or []}
-        evicted = []
-        for pod in pods:
-            stats = by_uid.get(pod["metadata"]["uid"])
-            if stats is None:
-                continue
-            message = local_storage_violation(pod, stats)
-            if message:
-                log.info("Evicting pod", pod=f"{pod['metadata'].get('namespace')}/{pod['metadata'].get('name')}",
-                         message=message)
-                self.evict(pod, message)
-                evicted.append(pod["metadata"]["uid"])
-        return evicted
-
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.period)
-            try:
-                await self.check()
-            except Exception as err:  # noqa: BLE001 - a failed round is retried next period
-                log.warning("Eviction check failed", err=repr(err))

@@ -1,0 +1,40 @@
+"""Resource admission: a pod that asks for more than the node has left is refused, with upstream's words."""
+
+from __future__ import annotations
+
+from pykubelet.pods.admission import fit, requests
+
+ALLOCATABLE = {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "10Gi", "pods": "3", "example.com/gpu": "1"}
+
+
+def pod(uid="p", *, cpu=None, memory=None, init_cpu=None, gpu=None, overhead=None):
+    req = {k: v for k, v in (("cpu", cpu), ("memory", memory), ("example.com/gpu", gpu)) if v}
+    spec = {"containers": [{"name": "c", "resources": {"requests": req}}]}
+    if init_cpu:
+        spec["initContainers"] = [{"name": "i", "resources": {"requests": {"cpu": init_cpu}}}]
+    if overhead:
+        spec["overhead"] = overhead
+    return {"metadata": {"uid": uid}, "spec": spec}
+
+
+def test_a_pod_that_fits_is_admitted_and_requests_count_overhead_and_init_peaks():
+    assert fit(pod(cpu="500m", memory="1Gi"), [pod("a", cpu="1")], ALLOCATABLE) is None
+    assert requests(pod(cpu="100m", init_cpu="1500m", overhead={"cpu": "250m"}))["cpu"] == 1.75
+
+
+def test_the_first_shortfall_refuses_it_with_upstreams_reason_and_message():
+    assert fit(pod(cpu="1000"), [], ALLOCATABLE) == (
+        "OutOfcpu", "Node didn't have enough resource: cpu, requested: 1000000, used: 0, capacity: 2000")
+    assert fit(pod(memory="3Gi"), [pod("a", memory="2Gi")], ALLOCATABLE) == (
+        "OutOfmemory", f"Node didn't have enough resource: memory, requested: {3 * 2**30}, used: {2 * 2**30}, "
+                       f"capacity: {4 * 2**30}")
+    assert fit(pod(gpu="1"), [pod("a", gpu="1")], ALLOCATABLE)[0] == "OutOfexample.com/gpu"
+    assert fit(pod(), [pod("a"), pod("b"), pod("c")], ALLOCATABLE) == (
+        "OutOfpods", "Node didn't have enough resource: pods, requested: 1, used: 3, capacity: 3")
+
+
+def test_a_resource_the_node_does_not_list_or_the_pod_does_not_request_is_not_checked():
+    assert fit(pod(cpu="100m"), [pod("a", cpu="2")], ALLOCATABLE) == (
+        "OutOfcpu", "Node didn't have enough resource: cpu, requested: 100, used: 2000, capacity: 2000")
+    assert fit(pod(memory="1Gi"), [pod("a", cpu="2")], ALLOCATABLE) is None
+    assert fit(pod(cpu="100m"), [], {"pods": "110", "memory": "1Gi"}) is None
