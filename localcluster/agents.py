@@ -76,6 +76,8 @@ def kubelet_configuration(node: Node) -> dict:
         "containerLogMonitorInterval": "3s",
         # Volume usage walked every 15 s (upstream: 1m), so that an emptyDir over its sizeLimit is evicted soon.
         "volumeStatsAggPeriod": "15s",
+        # Every node shares this host's pids: a fork bomb in a pod stops at 1024 (kubeadm leaves it unlimited).
+        "podPidsLimit": 1024,
     }
 
 
@@ -145,6 +147,21 @@ def wait_proxy_ready(node: Node, timeout: float = 60) -> None:
         with urllib.request.urlopen(f"http://{node.ip}:10249/metrics", timeout=2) as response:
             return b"kubeproxy_sync_proxy_rules_last_timestamp_seconds{" in response.read()
     _wait_for(node, "pyproxy", synced, timeout, f"pyproxy on {node.name} did not sync")
+
+
+def restart_kubelet(node: Node, config: dict | None = None) -> None:
+    """Stop the node's pykubelet (its pods keep running) and start it again from its usual command line, or with
+    `config` (a whole KubeletConfiguration) in place of its config file; returns once the node is Ready."""
+    flags = kubelet_flags(node)  # rewrites the usual config file
+    override = kubelet_dir(node) / "config-override.yaml"
+    if config is None:
+        override.unlink(missing_ok=True)
+    else:
+        override.write_text(yaml.safe_dump(config, sort_keys=False))
+        flags = [f"--config={override}" if flag.startswith("--config=") else flag for flag in flags]
+    procs.stop(node.cluster, f"pykubelet-{node.name}")
+    start(node, "pykubelet", *flags)
+    wait_node_ready(node)
 
 
 def wait_node_ready(node: Node, timeout: float = 60) -> None:

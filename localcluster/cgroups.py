@@ -12,7 +12,12 @@ next to the node's state.
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
+
+from . import procs
 
 PATH_FILE = "cgroup"  # the node's absolute cgroup path
 DIRS_FILE = "cgroups"  # its directory in every hierarchy
@@ -112,31 +117,97 @@ def created_dirs(node_dir: Path) -> list[Path]:
 
 
 def pids(dirs: list[Path]) -> set[int]:
-    """Every process in these cgroups and their descendants."""
+    """Every process in these cgroups and the cgroups below them."""
+    return _ids(dirs, ("cgroup.procs",))
+
+
+def threads(dirs: list[Path]) -> set[int]:
+    """Every thread in these cgroups and below them (v1 `tasks`, v2 `cgroup.threads`). A process whose leader has
+    exited shows as a zombie in cgroup.procs while its other threads, still exiting, keep the cgroup busy."""
+    return _ids(dirs, ("tasks", "cgroup.threads"))
+
+
+def _ids(dirs: list[Path], files: tuple[str, ...]) -> set[int]:
     found: set[int] = set()
     for top in dirs:
-        for procs in top.rglob("cgroup.procs") if top.is_dir() else ():
-            try:
-                found.update(int(p) for p in procs.read_text().split())
-            except OSError:
-                pass
+        for name in files:
+            for listing in top.rglob(name) if top.is_dir() else ():
+                try:
+                    found.update(int(p) for p in listing.read_text().split())
+                except OSError:
+                    pass
     return found
 
 
-def remove(node_dirs: list[Path]) -> list[Path]:
+def live(dirs: list[Path]) -> set[int]:
+    """The processes and threads in these cgroups, and the processes below them, that have not yet died."""
+    return {task for task in procs.with_descendants(pids(dirs)) | threads(dirs) if procs.alive(task)}
+
+
+def thaw(dirs: list[Path]) -> None:
+    """Thaw every frozen cgroup below `dirs`: a frozen process does not die of SIGKILL until it is thawed (runc
+    freezes a container's cgroup around some operations, and one cut off half-way leaves it frozen)."""
+    for top in dirs:
+        if not top.is_dir():
+            continue
+        for knob, thawed in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            for path in top.rglob(knob):
+                try:
+                    if path.read_text().strip() not in (thawed, ""):
+                        path.write_text(thawed)
+                except OSError:
+                    pass
+
+
+def kill_all(dirs: list[Path], timeout: float = 15.0) -> dict[int, str]:
+    """SIGKILL every process in these cgroups and below them (a shim's containers, say), again and again until
+    none is left: a process forked between two reads escapes one round, not the next. Returns what is still there
+    after `timeout`: pid (or thread id) -> its name and state."""
+    deadline = time.monotonic() + timeout
+    while True:
+        thaw(dirs)
+        found = live(dirs)  # a zombie is dead; a thread of an exited leader is not
+        if not found:
+            return {}
+        if time.monotonic() >= deadline:
+            return {task: procs.describe(task) for task in sorted(found)}
+        for task in found:
+            try:
+                os.kill(task, signal.SIGKILL)  # a thread's id reaches its whole process
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def remove(node_dirs: list[Path], timeout: float = 30.0) -> list[Path]:
     """rmdir the nodes' cgroups (whose processes must be gone) and every parent `ensure` created.
 
-    Takes all nodes at once because they share parents. Returns what would not go.
+    Takes all nodes at once because they share parents. Returns what would not go: a node's own cgroups are tried
+    for up to `timeout` seconds, killing again whatever still lives in them; the parents once, since another
+    supervisor's cgroups may share them.
     """
-    doomed: set[Path] = set()
+    subtree: set[Path] = set()
     for node_dir in node_dirs:
         for top in recorded_dirs(node_dir):
             if top.is_dir():
-                doomed.update(p for p in top.rglob("*") if p.is_dir())
-                doomed.add(top)
-        doomed.update(created_dirs(node_dir))
+                subtree.update(p for p in top.rglob("*") if p.is_dir())
+                subtree.add(top)
+    parents = {p for node_dir in node_dirs for p in created_dirs(node_dir)} - subtree
+    deadline = time.monotonic() + timeout
+    while stuck := _rmdir_deepest_first(subtree):
+        if time.monotonic() >= deadline:
+            break
+        # A killed process's last thread may take seconds to finish exiting (I/O in flight, say); whatever still
+        # lives in a stuck cgroup is killed again.
+        kill_all(stuck, timeout=0.5)
+        subtree = set(stuck)
+        time.sleep(0.5)
+    return stuck + _rmdir_deepest_first(parents)
+
+
+def _rmdir_deepest_first(dirs: set[Path]) -> list[Path]:
     stuck = []
-    for path in sorted(doomed, key=lambda p: -len(p.parts)):
+    for path in sorted(dirs, key=lambda p: -len(p.parts)):
         try:
             path.rmdir()
         except FileNotFoundError:

@@ -137,7 +137,9 @@ def down(cluster: Cluster, keep_logs: bool = False) -> None:
     # Whatever the node's containerd left running (shims, containers) sits in the node's cgroups.
     node_dirs = _node_dirs(cluster)
     for node_dir in node_dirs:
-        procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(cgroups.recorded_dirs(node_dir)))), grace=0)
+        if left := cgroups.kill_all(cgroups.recorded_dirs(node_dir)):
+            log(f"processes in {node_dir.name}'s cgroups survived SIGKILL: "
+                + ", ".join(f"{pid} ({what})" for pid, what in left.items()))
         unmount_all(node_dir)
     stuck = cgroups.remove(node_dirs)
     if stuck:

@@ -142,11 +142,35 @@ def _ctr(node) -> list[str]:
     return [node.runtime_program("ctr") or "ctr", f"--address={node.containerd_socket}", "--namespace=k8s.io"]
 
 
-def import_archive(archive: Path, node) -> None:
+PINNED_LABEL = "io.cri-containerd.pinned=pinned"  # containerd's CRI reports the image pinned: no image GC
+
+
+def archive_names(archive: Path) -> list[str]:
+    """The image names an OCI archive written by `build` carries."""
+    with tarfile.open(archive) as tar:
+        index = json.load(tar.extractfile("index.json"))
+    return [m["annotations"]["io.containerd.image.name"] for m in index["manifests"]
+            if "io.containerd.image.name" in m.get("annotations", {})]
+
+
+def import_archive(archive: Path, node, pin: bool = True) -> None:
+    """Import the archive; with `pin`, each of its names is pinned, as the sandbox image is: no registry is
+    reachable, so an image the kubelet's image GC removed could never be pulled again."""
     proc = subprocess.run([*_ctr(node), "images", "import", str(archive)], capture_output=True, text=True,
                           timeout=120)
     if proc.returncode != 0:
         raise UpError(f"images: importing {archive.name} into {node.name}'s containerd failed: "
+                      f"{proc.stderr.strip()}")
+    for name in archive_names(archive) if pin else ():
+        set_pinned(name, node)
+
+
+def set_pinned(name: str, node, pinned: bool = True) -> None:
+    """Pin image `name` in a node's containerd (its CRI then reports it pinned: no image GC), or unpin it."""
+    label = PINNED_LABEL if pinned else PINNED_LABEL.split("=")[0] + "="
+    proc = subprocess.run([*_ctr(node), "images", "label", name, label], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise UpError(f"images: {'pinning' if pinned else 'unpinning'} {name} in {node.name}'s containerd failed: "
                       f"{proc.stderr.strip()}")
 
 

@@ -59,6 +59,16 @@ def _stat(pid: int) -> tuple[str, int] | None:
     return fields[0], int(fields[19])
 
 
+def describe(pid: int) -> str:
+    """A process's name and state letter (for a message about one that would not go), or "gone"."""
+    stat = _stat(pid)
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        stat = None
+    return f"{name} state {stat[0]}" if stat is not None else "gone"
+
+
 def alive(pid: int) -> bool:
     stat = _stat(pid)
     return stat is not None and stat[0] != "Z"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import cgroups
+from localcluster import cgroups, procs
 from localcluster import cluster as local
 from localcluster import settings
 
@@ -31,6 +31,18 @@ def _processes_mentioning(text: str) -> list[str]:
             if text in cmd:
                 found.append(f"{proc.name}: {cmd}")
     return found
+
+
+def _what_holds(dirs: list[Path]) -> str:
+    """The deepest cgroups left below `dirs`, each with the processes and threads still in it (id, name, state)."""
+    below = {p for d in dirs if d.is_dir() for p in [d, *d.rglob("*")] if p.is_dir()}
+    leaves = sorted(p for p in below if not any(q.parent == p for q in below))
+    lines = []
+    for leaf in leaves[:20]:
+        inside = sorted(cgroups.pids([leaf]) | cgroups.threads([leaf]))  # a thread may outlive its leader
+        lines.append(f"{leaf}: " + (", ".join(f"{task} ({procs.describe(task)})" for task in inside)
+                                    or "no process"))
+    return "cgroups left:\n" + "\n".join(lines)
 
 
 def test_down_leaves_no_process_and_no_network_state(cluster, cluster_was_up):
@@ -52,7 +64,8 @@ def test_down_leaves_no_process_and_no_network_state(cluster, cluster_was_up):
         mounts = Path("/proc/self/mountinfo").read_text()
         assert str(cluster.state) not in mounts
         assert not cluster.state.exists()
-        assert [d for d in cgroup_dirs if d.exists()] == []
+        left = [d for d in cgroup_dirs if d.exists()]
+        assert left == [], _what_holds(left)
         # A second down has nothing left to do and does not fail.
         local.down(cluster)
     finally:
