@@ -34,7 +34,7 @@ from lightkube.models.core_v1 import Container, PodSpec, ResourceRequirements
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, ServiceAccount
 
-from localcluster import procs
+from localcluster import agents as node_agents, procs
 from localcluster.settings import Node
 
 from .nodes import (MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage,
@@ -342,9 +342,8 @@ def report(args, agents: list[Agent], batches: list[Batch], tables: str, idle_po
         "readiness probe; they ran throughout). pynode-n2 has the taint "
         "`pynode.dev/bench=upstream-kubelet:NoSchedule` to keep others' pods off; the kubelet admits pods "
         "over NoExecute taints only, and our pods bypass the scheduler.\n\n"
-        "pykubelet is the cluster's running agent, not restarted by the benchmark: its RSS includes whatever "
-        "earlier work (an earlier run's 100 pods, tests) left in its heap. The upstream kubelet is new in each run. "
-        "It runs in a mount namespace of its own (see bench/README.md) in which only its root dir shares "
+        "Both agents start new in each run: the benchmark restarts pynode-n1's pykubelet (its pods keep "
+        "running) before it brings up the upstream kubelet. The upstream kubelet runs in a mount namespace of its own (see bench/README.md) in which only its root dir shares "
         "mounts with the host, so the tmpfs it mounts for each pod's service-account volume reaches containerd.\n"
         + (f"\n## What went wrong\n{failures}" if failures else "")
         + "\n| machine | |\n| --- | --- |\n" + "".join(f"| {k} | {v} |\n" for k, v in facts.items())
@@ -355,14 +354,29 @@ def report(args, agents: list[Agent], batches: list[Batch], tables: str, idle_po
 
 # --- main ---------------------------------------------------------------------------------------
 
-def run(cluster, client, args) -> str:
+def restart_pykubelet(node: Node) -> None:
+    """Start pynode-n1's pykubelet again (its pods keep running), so that it starts the run as new as the
+    upstream kubelet does, not with whatever earlier work (tests, benchmarks) left in its heap."""
+    log(f"restarting pykubelet on {node.name}")
+    node_agents.restart_kubelet(node)
+
+
+def both_agents(cluster, client) -> list[Agent]:
+    """pykubelet on pynode-n1, started anew, and the upstream kubelet on pynode-n2, brought up here; once both
+    are Ready."""
     ours_node, node = cluster.nodes
+    restart_pykubelet(ours_node)
     log(f"bringing up {node.name} ({node.ip}) with the upstream kubelet")
     bring_up(node)
     agents = [Agent(label, n, name, procs.running(cluster, name))
               for label, n, name in (("pykubelet", ours_node, f"pykubelet-{ours_node.name}"),
                                      ("upstream kubelet", node, daemon(node)))]
     wait_ready(client, cluster, {a.node.name: a.daemon for a in agents})
+    return agents
+
+
+def run(cluster, client, args) -> str:
+    agents = both_agents(cluster, client)
     idle_pods = {a.node.name: pods_on(client, a.node.name) for a in agents}
     log(f"both nodes Ready (pods: {idle_pods}); warming up {args.warmup:g}s, then sampling both {args.idle:g}s")
     time.sleep(args.warmup)
