@@ -24,7 +24,7 @@ from .images import ImageGC
 from .node import certificates, healthz, nodestatus
 from .node.nodelease import NodeLease
 from .node.nodemanager import NodeManager
-from .pods import admission, qos, servicelinks
+from .pods import admission, qos, resize, servicelinks
 from .pods.events import Recorder
 from .pods.kuberuntime import RuntimeManager
 from .pods.logrotation import LogRotation
@@ -209,17 +209,21 @@ class Kubelet:
         evictions = self._eviction_manager(lambda: workers, events, images)
         node.pressure = evictions.pressure
 
+        def others(pod: dict) -> list[dict]:
+            """The node's other active pods, each as allocated (an in-place resize may be pending)."""
+            return [w.facts.resize.pod(w.pod) for w in list(workers.workers.values())
+                    if w.admitted and w.uid != pod["metadata"]["uid"] and w.terminal_status is None
+                    and not w.removed]
+
         def admit(pod: dict) -> tuple[str, str] | None:
             """Upstream's admission order: node pressure (the eviction manager), then resources."""
             if message := evictions.admit(pod):
                 return "Evicted", message
-            others = [w.pod for w in list(workers.workers.values())
-                      if w.admitted and w.uid != pod["metadata"]["uid"] and w.terminal_status is None
-                      and not w.removed]
-            return admission.fit(pod, others, allocatable)
+            return admission.fit(pod, others(pod), allocatable)
 
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
-                             probe_manager=self._probe_manager(runtime, events), metrics=self.metrics, admit=admit)
+                             probe_manager=self._probe_manager(runtime, events), metrics=self.metrics, admit=admit,
+                             resize_feasible=lambda pod: resize.feasibility(pod, others(pod), allocatable))
         self.workers, self.pleg = workers, pleg
         self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=self.name,
                                      root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,

@@ -26,7 +26,7 @@ def requests(pod: dict) -> dict[str, Fraction]:
     return total
 
 
-def _amount(resource: str, value: Fraction) -> int:
+def amount(resource: str, value: Fraction) -> int:
     """As upstream counts it: cpu in millicores, everything else in whole units."""
     return qos.milli_value(value) if resource == "cpu" else qos.int_value(value)
 
@@ -39,15 +39,15 @@ def fit(pod: dict, others: list[dict], allocatable: dict[str, str]) -> tuple[str
     wanted = requests(pod)
     used: dict[str, Fraction] = {}
     for other in others:
-        for name, amount in requests(other).items():
-            used[name] = used.get(name, Fraction(0)) + amount
+        for name, value in requests(other).items():
+            used[name] = used.get(name, Fraction(0)) + value
     names = ["cpu", "memory", "ephemeral-storage"]
     names += sorted(n for n in wanted if n not in names and n != "pods" and n in allocatable)
     for name in names:
-        asked = _amount(name, wanted.get(name, Fraction(0)))
+        asked = amount(name, wanted.get(name, Fraction(0)))
         if asked <= 0 or name not in allocatable:
             continue
-        have, taken = _amount(name, qos.quantity(allocatable[name])), _amount(name, used.get(name, Fraction(0)))
+        have, taken = amount(name, qos.quantity(allocatable[name])), amount(name, used.get(name, Fraction(0)))
         if asked > have - taken:
             return f"OutOf{name}", MESSAGE.format(name, asked, taken, have)
     return None

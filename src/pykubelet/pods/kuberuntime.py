@@ -19,7 +19,7 @@ from cri import CRIClient, CRIError, NotFound, api
 
 from nodeagent import logs
 
-from . import dns, envvars, etchosts, logrotation, qos, runtime_config
+from . import dns, envvars, etchosts, logrotation, qos, resize, runtime_config
 from .servicelinks import ServiceCache
 from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
@@ -36,6 +36,7 @@ MINIMUM_GRACE = 2  # seconds a container gets to stop however late its turn come
 TERMINATION_MESSAGE_LIMIT = 4096
 FALLBACK_LOG_LINES = 80
 FALLBACK_LOG_BYTES = 2048
+RESIZE_RETRY = 5.0  # seconds until a refused in-place resize is tried again
 _PROPAGATION = {"None": api.PROPAGATION_PRIVATE, "HostToContainer": api.PROPAGATION_HOST_TO_CONTAINER,
                 "Bidirectional": api.PROPAGATION_BIDIRECTIONAL}
 
@@ -420,7 +421,8 @@ class RuntimeManager:
         if self.metrics is not None:
             self.metrics.started_containers.labels(container_type).inc()
         try:
-            await self.start_container(pod, container, sandbox_id, sandbox_config, pod_ips, attempt, volumes)
+            container_id = await self.start_container(pod, container, sandbox_id, sandbox_config, pod_ips, attempt,
+                                                      volumes)
         except ContainerProblem as problem:
             if self.metrics is not None:
                 self.metrics.started_containers_errors.labels(container_type, problem.reason).inc()
@@ -429,10 +431,13 @@ class RuntimeManager:
                 return self.image_backoff.remaining((pod["metadata"]["uid"], container.get("image", ""))) or 1
             return 10.0
         facts.waiting.pop(name, None)
+        facts.resize.actuated[container_id] = facts.resize.allocated.get(name, {})
         return None
 
     async def sync(self, pod: dict, rt: PodRuntime, facts: Facts, unhealthy: set[str]) -> float | None:
         """One step toward the spec; `unhealthy` names containers whose liveness or startup probe failed."""
+        pod = facts.resize.pod(pod)  # containers are created and updated with what they are allocated
+        facts.resize.forget_except({c.id for c in rt.containers})  # rt is newer than any container we started
         spec = pod["spec"]
         try:
             volumes = await self.volumes.setup(pod)
@@ -476,6 +481,7 @@ class RuntimeManager:
             sidecar = container.get("restartPolicy") == "Always"
             if latest is not None and latest.state == api.CONTAINER_RUNNING:
                 if sidecar:
+                    await self._resize(pod, container, latest, facts, pod_ips, in_place_only=True)
                     continue
                 return None  # wait for it to finish
             if latest is not None and latest.state == api.CONTAINER_EXITED:
@@ -501,16 +507,20 @@ class RuntimeManager:
                     await self.kill_container(pod, container, latest.id, why, pod_ips=pod_ips)
                     unhealthy.discard(name)
                     waits.append(0.0)
+                elif (wait := await self._resize(pod, container, latest, facts, pod_ips)) is not None:
+                    waits.append(wait)
                 continue
             if latest is not None and latest.state == api.CONTAINER_CREATED:
                 continue
-            if latest is not None and latest.state == api.CONTAINER_EXITED:
+            resized = latest is not None and latest.id in facts.resize.restarting
+            if latest is not None and latest.state == api.CONTAINER_EXITED and not resized:
                 facts.messages.setdefault(latest.id, await self.termination_message(pod, container, latest))
                 if not self._should_restart(pod, latest):
                     facts.waiting.pop(name, None)
                     continue
+            # Stopped for a resize: started again at once, whatever the restart policy, with no back-off.
             wait = await self._start(pod, container, in_sandbox, sandbox.id, sandbox_config, pod_ips, volumes,
-                                     facts, latest, newest=rt.latest(name))
+                                     facts, None if resized else latest, newest=rt.latest(name))
             if wait is not None:
                 waits.append(wait)
 
@@ -526,6 +536,37 @@ class RuntimeManager:
         if token_refresh is not None:
             waits.append(token_refresh)
         return min(waits) if waits else None
+
+    async def _resize(self, pod: dict, container: dict, record: Container, facts: Facts, pod_ips: list[str],
+                      in_place_only: bool = False) -> float | None:
+        """Give a running container its allocated resources if it was given others; None when it has them.
+
+        In place through UpdateContainerResources, or, when a changed resource's `resizePolicy` says
+        RestartContainer, by stopping it to be started again with them (0.0: sync again). A refusal is retried
+        in RESIZE_RETRY seconds, its message in PodResizeInProgress."""
+        allocation, name = facts.resize, container["name"]
+        want = allocation.allocated.get(name, {})
+        given = allocation.given(name, record.id)
+        if given == want:
+            return None
+        policies = {p.get("resourceName"): p.get("restartPolicy") for p in container.get("resizePolicy") or []}
+        if not in_place_only and any(policies.get(r) == "RestartContainer" for r in resize.changed(given, want)):
+            allocation.restarting.add(record.id)
+            await self.kill_container(pod, container, record.id, f"Container {name} resize requires restart",
+                                      pod_ips=pod_ips)
+            return 0.0
+        resources = runtime_config.container_resources(pod, container, node_memory_capacity=self.node_memory)
+        try:
+            await self.cri.update_container_resources(api.UpdateContainerResourcesRequest(
+                container_id=record.id, linux=resources))
+        except CRIError as err:
+            allocation.error = f"Error updating container {name} resources: {err.details}"
+            log.warning("Container resize failed", pod=pod_ref(pod), container=name, err=err.details)
+            return RESIZE_RETRY
+        allocation.actuated[record.id] = want
+        allocation.error = None
+        log.info("Container resized", pod=pod_ref(pod), container=name, resources=want)
+        return None
 
     def _finished(self, pod: dict, rt: PodRuntime) -> bool:
         """restartPolicy says nothing will run again: every app container exited for good."""

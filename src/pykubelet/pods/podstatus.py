@@ -13,6 +13,7 @@ from cri import api
 from .. import timestamps
 from . import qos
 from .podstate import Container, PodRuntime
+from .resize import Allocation
 from ..timestamps import from_ns
 
 
@@ -25,6 +26,7 @@ class Facts:
     ready: dict[str, bool] = field(default_factory=dict)  # readiness probe results
     started: dict[str, bool] = field(default_factory=dict)  # startup probe results
     messages: dict[str, str] = field(default_factory=dict)  # container id -> termination message
+    resize: Allocation = field(default_factory=Allocation)  # allocated resources and in-place resize state
 
 
 def _is_sidecar(container: dict) -> bool:
@@ -57,6 +59,12 @@ def container_status(spec: dict, rt: PodRuntime, facts: Facts, *, not_started: s
         return status
     status["restartCount"] = latest.restart_count
     status["containerID"] = f"containerd://{latest.id}"
+    if facts.resize.allocated:
+        allocated = facts.resize.allocated.get(name, {})
+        given = facts.resize.actuated.get(latest.id, allocated) if latest.state == api.CONTAINER_RUNNING else allocated
+        status["resources"] = {kind: dict(values) for kind, values in given.items()}
+        if allocated.get("requests"):
+            status["allocatedResources"] = dict(allocated["requests"])
     status["imageID"] = latest.image_ref
     if latest.state == api.CONTAINER_RUNNING:
         status["state"] = {"running": {"startedAt": from_ns(latest.started_at)}}
@@ -189,6 +197,9 @@ def compute(pod: dict, rt: PodRuntime, facts: Facts) -> dict:
         _condition("ContainersReady", containers_ok, previous, why, message),
         _condition("PodScheduled", True, previous),
     ]
+    running = {c["name"]: record.id for c in init_specs + spec.get("containers", [])
+               if (record := rt.latest(c["name"])) is not None and record.state == api.CONTAINER_RUNNING}
+    conditions += facts.resize.conditions(running, previous, timestamps.now(), generation)
     for condition in conditions:
         if condition.get("type") in KUBELET_CONDITIONS:
             condition["observedGeneration"] = generation

@@ -26,6 +26,7 @@ from .statusmanager import StatusManager
 log = logs.get(__name__)
 
 RESYNC = 60.0
+RESIZE_DEFERRED_RETRY = 10.0  # a resize that waits for room is tried again this often (and on each sync)
 # What a step is for, in kubelet_pod_worker_duration_seconds' operation_type (upstream's SyncPodType): a wake
 # of a higher rank decides the label of a step that several wakes asked for.
 _RANK = {"sync": 0, "update": 1, "kill": 2, "create": 3}
@@ -199,7 +200,10 @@ class PodWorker:
             await self._report(status)
             return False, None
 
+        self.facts.resize.allocate(pod, owner.resize_feasible)
         delay = await owner.runtime.sync(pod, rt, self.facts, self.unhealthy)
+        if self.facts.resize.pending is not None and self.facts.resize.pending[0] == "Deferred":
+            delay = RESIZE_DEFERRED_RETRY if delay is None else min(delay, RESIZE_DEFERRED_RETRY)
         if self.probes:
             self.probes.update(pod, owner.pleg.pod(self.uid))
         status = podstatus.compute(self.with_api_status(), owner.pleg.pod(self.uid), self.facts)
@@ -242,9 +246,11 @@ class PodWorker:
 
 class PodWorkers:
     def __init__(self, *, runtime: RuntimeManager, pleg: Pleg, status: StatusManager, events: Recorder,
-                 node_ip: str, probe_manager=None, metrics=None, admit=None):
+                 node_ip: str, probe_manager=None, metrics=None, admit=None, resize_feasible=None):
         self.runtime = runtime
         self.admit = admit  # pod -> None, or (reason, message) when the node refuses it
+        # the pod with new resources -> None, or (Infeasible | Deferred, message) when the node cannot hold them
+        self.resize_feasible = resize_feasible or (lambda pod: None)
         self.metrics = metrics  # KubeletMetrics, or None
         self.pleg = pleg
         self.status = status

@@ -1,0 +1,139 @@
+"""In-place pod resize: what each container is allocated, whether a resize fits, and the resize conditions.
+
+As upstream's allocation manager: a pod's resources as first admitted are its allocation. When the spec's
+resources change (PATCH or PUT on the pod's `resize` subresource), the new ones become the allocation if the
+node can hold them beside its other pods; if not, the pod keeps running on the old allocation and shows
+`PodResizePending` — reason `Infeasible` when the node could never hold them, `Deferred` while other pods'
+requests are in the way (retried at every sync). A running container whose allocation changed is given it
+through CRI UpdateContainerResources (kuberuntime.py), or, where its `resizePolicy` says RestartContainer for
+a changed resource, stopped and started again at once with it (a restart, whatever the pod's restartPolicy); until that succeeds the pod shows `PodResizeInProgress`
+(reason `Error` with the runtime's message when it failed). The container statuses report `allocatedResources`
+(the allocated requests) and `resources` (what the container was last given).
+
+The allocation lives in memory: a pykubelet that starts takes the spec as allocated and trusts that its
+running containers have it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from . import admission, qos
+
+INFEASIBLE_MESSAGE = "Node didn't have enough capacity: {}, requested: {}, capacity: {}"
+
+
+def resources_of(container: Mapping) -> dict:
+    """The container's requests and limits, as the API has them; empty lists left out."""
+    resources = container.get("resources") or {}
+    return {kind: dict(resources[kind]) for kind in ("requests", "limits") if resources.get(kind)}
+
+
+def _all_containers(pod: Mapping) -> list[dict]:
+    spec = pod.get("spec") or {}
+    return list(spec.get("initContainers") or []) + list(spec.get("containers") or [])
+
+
+def wanted(pod: Mapping) -> dict[str, dict]:
+    """Each container's resources as the spec asks now."""
+    return {c["name"]: resources_of(c) for c in _all_containers(pod)}
+
+
+def with_resources(pod: dict, allocation: Mapping[str, dict]) -> dict:
+    """The pod with each container's resources replaced by `allocation` (the pod itself if nothing differs)."""
+    if all(resources_of(c) == allocation.get(c["name"], resources_of(c)) for c in _all_containers(pod)):
+        return pod
+    spec = dict(pod["spec"])
+    for kind in ("initContainers", "containers"):
+        if spec.get(kind):
+            spec[kind] = [{**c, "resources": {**(c.get("resources") or {}), **_explicit(allocation[c["name"]])}}
+                          if c["name"] in allocation else c for c in spec[kind]]
+    return {**pod, "spec": spec}
+
+
+def _explicit(resources: Mapping) -> dict:
+    """requests and limits both present (an allocation without one must clear it in the merged container)."""
+    return {"requests": dict(resources.get("requests") or {}), "limits": dict(resources.get("limits") or {})}
+
+
+def feasibility(candidate: dict, others: list[dict], allocatable: Mapping[str, str]) -> tuple[str, str] | None:
+    """None if the resized pod fits beside `others`; else ("Infeasible" | "Deferred", message) as upstream."""
+    asked = admission.requests(candidate)
+    for name in ("cpu", "memory"):
+        if name not in allocatable or name not in asked:
+            continue
+        want = admission.amount(name, asked[name])
+        have = admission.amount(name, qos.quantity(allocatable[name]))
+        if want > have:
+            return "Infeasible", INFEASIBLE_MESSAGE.format(name, want, have)
+    refused = admission.fit(candidate, others, dict(allocatable))
+    return ("Deferred", refused[1]) if refused else None
+
+
+def changed(given: Mapping, want: Mapping) -> set[str]:
+    """The resources (cpu, memory) whose request or limit differs between two allocations of a container."""
+    return {name for name in ("cpu", "memory") for kind in ("requests", "limits")
+            if (given.get(kind) or {}).get(name) != (want.get(kind) or {}).get(name)}
+
+
+class Allocation:
+    """One pod's allocated resources, what its running containers were given, and its resize state."""
+
+    def __init__(self) -> None:
+        self.allocated: dict[str, dict] = {}  # container name -> its allocated resources
+        self.actuated: dict[str, dict] = {}  # container id -> the resources it was last given
+        self.pending: tuple[str, str] | None = None  # (Infeasible | Deferred, message)
+        self.error: str | None = None  # the last failed UpdateContainerResources
+        self.restarting: set[str] = set()  # ids of containers stopped to be restarted with their new allocation
+
+    def allocate(self, pod: dict, feasible: Callable[[dict], tuple[str, str] | None]) -> None:
+        """Take the spec's resources as the allocation if they fit (`feasible` says why not)."""
+        now = wanted(pod)
+        if not self.allocated:
+            self.allocated = now  # the pod as admitted
+            return
+        if now == self.allocated:
+            self.pending = None
+            return
+        refused = feasible(with_resources(pod, now))
+        if refused is None:
+            self.allocated, self.pending = now, None
+        else:
+            self.pending = refused
+
+    def pod(self, pod: dict) -> dict:
+        """The pod as allocated: what its containers are created and updated with."""
+        return with_resources(pod, self.allocated) if self.allocated else pod
+
+    def given(self, name: str, container_id: str) -> dict:
+        """What the running container has: as last given, else (it ran before we started) its allocation."""
+        return self.actuated.setdefault(container_id, self.allocated.get(name, {}))
+
+    def in_progress(self, running: Mapping[str, str]) -> bool:
+        """`running`: container name -> id of its running container. True while one lacks its allocation."""
+        return any(self.given(name, cid) != self.allocated.get(name, {}) for name, cid in running.items())
+
+    def forget_except(self, container_ids: set[str]) -> None:
+        self.actuated = {cid: r for cid, r in self.actuated.items() if cid in container_ids}
+        self.restarting &= container_ids
+
+    def conditions(self, running: Mapping[str, str], previous: Mapping[str, dict], now: str,
+                   generation: int) -> list[dict]:
+        """PodResizePending and PodResizeInProgress, when they hold; a kept condition keeps its transition time."""
+        found = []
+        if self.pending is not None:
+            found.append(("PodResizePending", self.pending[0], self.pending[1]))
+        if self.in_progress(running):
+            found.append(("PodResizeInProgress", "Error" if self.error else "", self.error or ""))
+        out = []
+        for kind, reason, message in found:
+            before = previous.get(kind) or {}
+            condition = {"type": kind, "status": "True", "lastProbeTime": None,
+                         "lastTransitionTime": before.get("lastTransitionTime") or now,
+                         "observedGeneration": generation}
+            if reason:
+                condition["reason"] = reason
+            if message:
+                condition["message"] = message
+            out.append(condition)
+        return out
