@@ -19,7 +19,9 @@ from lightkube.resources.core_v1 import Pod
 from localcluster import metrics_server, sample
 from tests.integration.polling import eventually
 
-pytestmark = pytest.mark.integration
+# The module's first test builds metrics-server when the cache lacks it: about 4 minutes cold on a 2-core machine,
+# then up to 3 more for the APIService; past the 300 s every test gets by default.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 # Metrics appear after the first two scrapes of a target (CPU is a rate), at --metric-resolution=15s.
 METRICS_TIMEOUT = 90
