@@ -70,6 +70,10 @@ SPECS = [
     "[Conformance]",
     "[sig-node] Variable Expansion should fail substituting values in a volume subpath with backticks "
     "[Conformance]",
+    "[sig-node] Pod InPlace Resize Container resize pod via the replace endpoint [MinimumKubeletVersion:1.34] "
+    "[Conformance]",
+    "[sig-node] Pod InPlace Resize Container burstable pods - extended resize with equivalents "
+    "[MinimumKubeletVersion:1.34] [Conformance]",
     "[sig-storage] ConfigMap should be consumable from pods in volume with mappings and Item mode set [LinuxOnly] "
     "[NodeConformance] [Conformance]",
     "[sig-storage] ConfigMap updates should be reflected in volume [NodeConformance] [Conformance]",
