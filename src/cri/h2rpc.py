@@ -126,9 +126,10 @@ class Channel:
                 async with self._connecting:
                     if self.connected:
                         return self._connection
-                    self._connection = await asyncio.wait_for(
-                        http2.connect(unix=self.unix, host=self.host, port=self.port),
-                        max(deadline - time.monotonic(), 0.001))
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for returns a result that arrives together
+                    # with a cancellation, and the cancelled call would go on with the new connection.
+                    async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                        self._connection = await http2.connect(unix=self.unix, host=self.host, port=self.port)
                     return self._connection
             except asyncio.TimeoutError:
                 last = "connecting timed out"

@@ -117,8 +117,8 @@ class H2Client:
             self._connections = [c for c in self._connections if not c.closed]
             connection = next((c for c in self._connections if c.free), None)
             if connection is None:
-                connection = await asyncio.wait_for(http2.connect(host=self.host, port=self.port, tls=self.ssl),
-                                                    CONNECT_TIMEOUT)
+                async with asyncio.timeout(CONNECT_TIMEOUT):  # not wait_for: see cri.h2rpc.Channel.connect
+                    connection = await http2.connect(host=self.host, port=self.port, tls=self.ssl)
                 self._connections.append(connection)
             stream = connection.request(fields, target, end_stream=not body)
         if body:

@@ -136,3 +136,39 @@ def test_a_cancelled_call_resets_its_stream_only(tmp_path):
         return await client.unary(METHOD, b"still", 5), len(client._connection.streams)
 
     assert scenario(tmp_path, body) == (b"still", 0)
+
+
+def test_a_call_cancelled_as_its_connection_opens_stays_cancelled(monkeypatch):
+    """Whatever moment the cancellation meets the connection's arrival, the call ends cancelled, and no request
+    goes out after it was cancelled (Python 3.11's wait_for returned the connection and dropped the
+    cancellation: the call went on, and waited for its answer as if nothing had happened)."""
+    from nodeagent import http2
+
+    opened_while_cancelling = []
+
+    class Connection:
+        closed = False
+
+        async def open(self, headers, path, body):
+            opened_while_cancelling.append(asyncio.current_task().cancelling())
+            await asyncio.Event().wait()  # the server never answers
+
+        def cancel(self, stream):
+            pass
+
+    async def connect(**_):
+        await asyncio.sleep(0)
+        return Connection()
+
+    monkeypatch.setattr(http2, "connect", connect)
+
+    async def attempt(yields: int) -> bool:
+        call = asyncio.create_task(Channel(unix="/nonexistent").unary(METHOD, b"x", 5))
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        call.cancel()
+        done, _ = await asyncio.wait({call}, timeout=1)
+        return bool(done) and call.cancelled()
+
+    assert [asyncio.run(attempt(n)) for n in range(8)] == [True] * 8
+    assert set(opened_while_cancelling) <= {0}
