@@ -223,7 +223,8 @@ class Kubelet:
 
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
                              probe_manager=self._probe_manager(runtime, events), metrics=self.metrics, admit=admit,
-                             resize_feasible=lambda pod: resize.feasibility(pod, others(pod), allocatable))
+                             resize_feasible=lambda pod: resize.feasibility(pod, others(pod), allocatable),
+                             resize_checkpoint=resize.Checkpoint(self.config.root_dir / resize.CHECKPOINT))
         self.workers, self.pleg = workers, pleg
         self.stats = SummaryProvider(cri=runtime, pods=self._stats_pods, node_name=self.name,
                                      root_dir=self.config.root_dir, cgroup_root=self.config.cgroup_root,

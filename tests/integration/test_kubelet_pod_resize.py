@@ -8,6 +8,7 @@ import json
 from lightkube.resources.core_v1 import Node
 
 from tests.integration.pods import container, make_pod, wait_pod
+from tests.integration.polling import eventually
 
 CGROUP_LIMITS = ("if [ -f /sys/fs/cgroup/cpu.max ]; then cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.max; "
                  "else cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us /sys/fs/cgroup/memory/memory.limit_in_bytes; fi")
@@ -74,6 +75,19 @@ def test_a_running_container_is_resized_in_place_and_one_that_does_not_fit_waits
     assert pending.reason == "Deferred"
     assert pending.message.startswith("Node didn't have enough resource: cpu, requested: ")
     assert pod.status.containerStatuses[0].resources.to_dict() == _resources("200m", "96Mi")
+    assert _cgroup_limits(cluster, namespace, "resized") in (["20000", str(96 << 20)],
+                                                             ["20000", "100000", str(96 << 20)])
+
+    # A restarted pykubelet finds the allocation in its checkpoint: still Deferred, the container untouched.
+    from localcluster import agents, procs
+
+    agents.restart_kubelet(node)
+    eventually(lambda: procs.kubectl(cluster, "exec", "-n", namespace, "resized", "--", "true").returncode == 0,
+               timeout=30, what="the restarted pykubelet serving exec")
+    pod = wait_pod(admin, namespace, "resized",
+                   lambda p: p.status.containerStatuses[0].resources.to_dict() == _resources("200m", "96Mi")
+                   and "PodResizePending" in _conditions(p), what="still Deferred after a pykubelet restart")
+    assert pod.status.containerStatuses[0].containerID == before.containerID
     assert _cgroup_limits(cluster, namespace, "resized") in (["20000", str(96 << 20)],
                                                              ["20000", "100000", str(96 << 20)])
 

@@ -185,3 +185,34 @@ def test_a_restart_container_policy_stops_the_container_and_starts_it_again_at_o
     asyncio.run(manager.sync(resized, rt, facts, set()))
     assert started == [("c1", "96Mi", 1)]
     assert facts.resize.actuated["c1-new"]["limits"]["memory"] == "96Mi"
+
+
+def test_a_resized_pods_allocation_survives_a_restart_through_the_checkpoint(tmp_path):
+    path = tmp_path / resize.CHECKPOINT
+    first = resize.Checkpoint(path).allocation("u1")
+    first.allocate(_pod(), lambda pod: None)
+    first.gave("c1-id", first.allocated["c1"])
+    assert not path.exists()  # a pod never resized needs no entry: its spec is its allocation
+
+    first.allocate(_pod(cpu="250m", generation=2), lambda pod: None)
+    assert path.exists()
+    first.gave("c1-id", first.allocated["c1"])
+    first.allocate(_pod(cpu="3", generation=3), lambda pod: ("Infeasible", "too big"))  # pending, not allocated
+
+    again = resize.Checkpoint(path).allocation("u1")  # a new pykubelet
+    again.allocate(_pod(cpu="3", generation=3), lambda pod: ("Infeasible", "too big"))
+    assert again.allocated["c1"]["limits"]["cpu"] == "250m" and again.pending == ("Infeasible", "too big")
+    assert again.actuated["c1-id"]["limits"]["cpu"] == "250m"
+
+    checkpoint = resize.Checkpoint(path)
+    checkpoint.forget("u1")
+    assert resize.Checkpoint(path).pods == {}
+
+
+def test_an_unreadable_checkpoint_is_set_aside_and_specs_are_allocations(tmp_path):
+    path = tmp_path / resize.CHECKPOINT
+    for garbage in ("{not json", '{"pods": []}', '{"pods": {"u1": {"allocated": 3}}}', "\x00\xff"):
+        path.write_text(garbage)
+        allocation = resize.Checkpoint(path).allocation("u1")
+        allocation.allocate(_pod(cpu="300m"), lambda pod: None)
+        assert allocation.allocated["c1"]["limits"]["cpu"] == "300m"

@@ -431,7 +431,7 @@ class RuntimeManager:
                 return self.image_backoff.remaining((pod["metadata"]["uid"], container.get("image", ""))) or 1
             return 10.0
         facts.waiting.pop(name, None)
-        facts.resize.actuated[container_id] = facts.resize.allocated.get(name, {})
+        facts.resize.gave(container_id, facts.resize.allocated.get(name, {}))
         return None
 
     async def sync(self, pod: dict, rt: PodRuntime, facts: Facts, unhealthy: set[str]) -> float | None:
@@ -563,7 +563,7 @@ class RuntimeManager:
             allocation.error = f"Error updating container {name} resources: {err.details}"
             log.warning("Container resize failed", pod=pod_ref(pod), container=name, err=err.details)
             return RESIZE_RETRY
-        allocation.actuated[record.id] = want
+        allocation.gave(record.id, want)
         allocation.error = None
         log.info("Container resized", pod=pod_ref(pod), container=name, resources=want)
         return None

@@ -14,7 +14,7 @@ from cri import CRIError, api
 
 from nodeagent import logs
 
-from . import podstatus
+from . import podstatus, resize
 from .. import timestamps
 from .events import WARNING, Recorder
 from .kuberuntime import RuntimeManager, grace_period, pod_ref
@@ -38,7 +38,8 @@ class PodWorker:
         self.pod = pod
         self.static = static  # from a manifest file: its API face is the mirror pod
         self.uid = pod["metadata"]["uid"]
-        self.facts = podstatus.Facts(node_ip=owner.node_ip)
+        self.facts = podstatus.Facts(node_ip=owner.node_ip, resize=owner.resize_checkpoint.allocation(self.uid)
+                                     if owner.resize_checkpoint is not None else resize.Allocation())
         self.unhealthy: set[str] = set()
         self.removed = False  # the API object is gone
         self.wake_event = asyncio.Event()
@@ -246,11 +247,13 @@ class PodWorker:
 
 class PodWorkers:
     def __init__(self, *, runtime: RuntimeManager, pleg: Pleg, status: StatusManager, events: Recorder,
-                 node_ip: str, probe_manager=None, metrics=None, admit=None, resize_feasible=None):
+                 node_ip: str, probe_manager=None, metrics=None, admit=None, resize_feasible=None,
+                 resize_checkpoint: resize.Checkpoint | None = None):
         self.runtime = runtime
         self.admit = admit  # pod -> None, or (reason, message) when the node refuses it
         # the pod with new resources -> None, or (Infeasible | Deferred, message) when the node cannot hold them
         self.resize_feasible = resize_feasible or (lambda pod: None)
+        self.resize_checkpoint = resize_checkpoint  # resized pods' allocations, kept across restarts
         self.metrics = metrics  # KubeletMetrics, or None
         self.pleg = pleg
         self.status = status
@@ -276,6 +279,9 @@ class PodWorkers:
                 worker.wake("kill")
         for pod in pods:
             self.update(pod)
+        if self.resize_checkpoint is not None:  # pods deleted while we were away
+            for uid in set(self.resize_checkpoint.pods) - uids - set(self.workers):
+                self.resize_checkpoint.forget(uid)
 
     def update_static(self, pod: dict) -> None:
         uid = pod["metadata"]["uid"]
@@ -348,6 +354,8 @@ class PodWorkers:
         worker = self.workers.pop(uid, None)
         self.status.forget(uid)
         self.events.forget(uid)
+        if self.resize_checkpoint is not None:
+            self.resize_checkpoint.forget(uid)
         if worker is not None and worker.removed:
             self.known_uids.discard(uid)
         if self.metrics is not None:

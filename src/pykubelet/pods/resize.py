@@ -10,16 +10,26 @@ a changed resource, stopped and started again at once with it (a restart, whatev
 (reason `Error` with the runtime's message when it failed). The container statuses report `allocatedResources`
 (the allocated requests) and `resources` (what the container was last given).
 
-The allocation lives in memory: a pykubelet that starts takes the spec as allocated and trusts that its
-running containers have it.
+A pod that has been resized is kept in a checkpoint (`Checkpoint`, `<root dir>/pod_resources_state`, as
+upstream keeps allocated_pods_state): its allocation and what each running container was given. A pykubelet that
+starts takes them from there; a pod with no entry never changed, and its spec is its allocation. A checkpoint
+that cannot be read is logged and set aside: the pods' specs are taken as allocated.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from nodeagent import logs
 
 from . import admission, qos
 
+log = logs.get(__name__)
+
+CHECKPOINT = "pod_resources_state"  # below the kubelet's root dir
 INFEASIBLE_MESSAGE = "Node didn't have enough capacity: {}, requested: {}, capacity: {}"
 
 
@@ -76,12 +86,56 @@ def changed(given: Mapping, want: Mapping) -> set[str]:
             if (given.get(kind) or {}).get(name) != (want.get(kind) or {}).get(name)}
 
 
+class Checkpoint:
+    """The allocations of resized pods, by uid, in one JSON file replaced whole at each change."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pods: dict[str, dict] = {}
+        try:
+            document = json.loads(path.read_text())
+            pods = document["pods"]
+            if not isinstance(pods, dict) or not all(isinstance(e.get("allocated"), dict) and
+                                                     isinstance(e.get("actuated"), dict) for e in pods.values()):
+                raise ValueError("not a map of uid to allocated and actuated resources")
+            self.pods = pods
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            log.error("Pod resources checkpoint unreadable; pods' specs taken as allocated", path=str(path),
+                      err=str(err))
+
+    def allocation(self, uid: str) -> "Allocation":
+        saved = self.pods.get(uid) or {}
+        return Allocation(allocated=saved.get("allocated"), actuated=saved.get("actuated"),
+                          save=lambda allocation: self.save(uid, allocation))
+
+    def save(self, uid: str, allocation: "Allocation") -> None:
+        self.pods[uid] = {"allocated": allocation.allocated, "actuated": allocation.actuated}
+        self._write()
+
+    def forget(self, uid: str) -> None:
+        if self.pods.pop(uid, None) is not None:
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({"pods": self.pods}, separators=(",", ":")))
+            os.replace(tmp, self.path)
+        except OSError as err:
+            log.error("Pod resources checkpoint not written", path=str(self.path), err=str(err))
+
+
 class Allocation:
     """One pod's allocated resources, what its running containers were given, and its resize state."""
 
-    def __init__(self) -> None:
-        self.allocated: dict[str, dict] = {}  # container name -> its allocated resources
-        self.actuated: dict[str, dict] = {}  # container id -> the resources it was last given
+    def __init__(self, allocated: dict | None = None, actuated: dict | None = None,
+                 save: Callable[["Allocation"], None] | None = None) -> None:
+        self.allocated: dict[str, dict] = dict(allocated or {})  # container name -> its allocated resources
+        self.actuated: dict[str, dict] = dict(actuated or {})  # container id -> the resources it was last given
+        self._save = save  # to the checkpoint, once the pod has been resized (before, its spec says it all)
+        self.resized = bool(allocated)  # it has an entry in the checkpoint
         self.pending: tuple[str, str] | None = None  # (Infeasible | Deferred, message)
         self.error: str | None = None  # the last failed UpdateContainerResources
         self.restarting: set[str] = set()  # ids of containers stopped to be restarted with their new allocation
@@ -98,8 +152,20 @@ class Allocation:
         refused = feasible(with_resources(pod, now))
         if refused is None:
             self.allocated, self.pending = now, None
+            self.resized = True
+            self.saved()
         else:
             self.pending = refused
+
+    def gave(self, container_id: str, resources: dict) -> None:
+        """The running container now has `resources` (it was created or updated with them)."""
+        if self.actuated.get(container_id) != resources:
+            self.actuated[container_id] = resources
+            self.saved()
+
+    def saved(self) -> None:
+        if self.resized and self._save is not None:
+            self._save(self)
 
     def pod(self, pod: dict) -> dict:
         """The pod as allocated: what its containers are created and updated with."""
@@ -114,7 +180,10 @@ class Allocation:
         return any(self.given(name, cid) != self.allocated.get(name, {}) for name, cid in running.items())
 
     def forget_except(self, container_ids: set[str]) -> None:
-        self.actuated = {cid: r for cid, r in self.actuated.items() if cid in container_ids}
+        kept = {cid: r for cid, r in self.actuated.items() if cid in container_ids}
+        if kept != self.actuated:
+            self.actuated = kept
+            self.saved()
         self.restarting &= container_ids
 
     def conditions(self, running: Mapping[str, str], previous: Mapping[str, dict], now: str,
