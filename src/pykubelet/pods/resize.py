@@ -5,10 +5,11 @@ resources change (PATCH or PUT on the pod's `resize` subresource), the new ones 
 node can hold them beside its other pods; if not, the pod keeps running on the old allocation and shows
 `PodResizePending` — reason `Infeasible` when the node could never hold them, `Deferred` while other pods'
 requests are in the way (retried at every sync). A running container whose allocation changed is given it
-through CRI UpdateContainerResources (kuberuntime.py), or, where its `resizePolicy` says RestartContainer for
-a changed resource, stopped and started again at once with it (a restart, whatever the pod's restartPolicy); until that succeeds the pod shows `PodResizeInProgress`
-(reason `Error` with the runtime's message when it failed). The container statuses report `allocatedResources`
-(the allocated requests) and `resources` (what the container was last given).
+through CRI UpdateContainerResources (kuberuntime.py), or, where its `resizePolicy` says RestartContainer for a
+changed resource, stopped and started again at once with it (a restart, whatever the pod's restartPolicy).
+Until that succeeds the pod shows `PodResizeInProgress` (reason `Error` with the runtime's message when it
+failed). The container statuses report `allocatedResources` (the allocated requests) and `resources` (what the
+container was last given).
 
 A pod that has been resized is kept in a checkpoint (`Checkpoint`, `<root dir>/pod_resources_state`, as
 upstream keeps allocated_pods_state): its allocation and what each running container was given. A pykubelet that
