@@ -170,10 +170,13 @@ class Allocation:
 
     def pod(self, pod: dict) -> dict:
         """The pod as allocated: what its containers are created and updated with."""
-        return with_resources(pod, self.allocated) if self.allocated else pod
+        if not self.allocated or (not self.resized and self.pending is None):
+            return pod  # never resized, nothing refused: the spec is the allocation
+        return with_resources(pod, self.allocated)
 
     def given(self, name: str, container_id: str) -> dict:
-        """What the running container has: as last given, else (it ran before we started) its allocation."""
+        """What the running container has: as last given, else (it ran before we started) its allocation,
+        recorded at first sight so that a later resize finds the container on the old one."""
         return self.actuated.setdefault(container_id, self.allocated.get(name, {}))
 
     def in_progress(self, running: Mapping[str, str]) -> bool:
