@@ -1,9 +1,10 @@
 """Disk reclaim on the real node, as upstream's eviction manager does it before evicting: the containers of
 finished pods go, then every image no container uses, and when that ends the pressure no pod is evicted.
 
-pykubelet is restarted with an `imagefs.available` hard threshold 16 MiB under the free space there is; a pod
-runs to completion on an image of the test's own (busybox and 64 MiB of random bytes); then a 48 MiB file
-creates the pressure, which only removing that pod's container and then its image can relieve. Every other
+A pod runs to completion on an image of the test's own (busybox and 64 MiB of random bytes); pykubelet is
+restarted with an `imagefs.available` hard threshold 16 MiB under the free space there is (so that pod finished
+before this pykubelet started: it gets no pod worker); a second pod runs to completion on the same image; then a
+48 MiB file creates the pressure, which only removing both pods' containers and then the image can relieve. Every other
 image on the node is pinned first (the local cluster imports its images pinned already; one that is not is
 pinned for the test and unpinned after), so a developer's cluster keeps every image it has. The collection's
 own rounds (high/low thresholds, maximum age) come every 5 minutes, too seldom for a test: unit tests cover them.
@@ -67,11 +68,16 @@ def test_disk_pressure_is_relieved_by_a_finished_pods_containers_and_its_image_a
     log = procs.log_path(cluster, f"pykubelet-{node.name}")
     seen = log.stat().st_size
     filler = agents.kubelet_dir(node) / f"reclaim-test-filler-{tag}"
+    # The victim is held by pods that ran to completion: their exited containers keep the image in use. One
+    # finishes before the restart, one after.
+    admin.create(make_pod(node, namespace, "earlier", [container(image=victim.names[0], command=["true"])],
+                          restartPolicy="Never"))
+    wait_pod(admin, namespace, "earlier", lambda p: p.status.phase == "Succeeded", what="Succeeded")
+    time.sleep(5)  # its worker stops the sandbox and releases the volumes
     agents.restart_kubelet(node, config)
     try:
         admin.create(make_pod(node, namespace, "bystander", [container()]))
         wait_pod(admin, namespace, "bystander", lambda p: p.status.phase == "Running", what="Running")
-        # The victim is held by a pod that ran to completion: its exited container keeps the image in use.
         admin.create(make_pod(node, namespace, "done", [container(image=victim.names[0], command=["true"])],
                               restartPolicy="Never"))
         wait_pod(admin, namespace, "done", lambda p: p.status.phase == "Succeeded", what="Succeeded")
@@ -96,9 +102,12 @@ def test_disk_pressure_is_relieved_by_a_finished_pods_containers_and_its_image_a
         bystander = admin.get(Pod, "bystander", namespace=namespace)
         assert bystander.status.phase == "Running" and bystander.status.containerStatuses[0].restartCount == 0
         assert not [e for e in admin.list(Event, namespace=namespace) if e.reason == "Evicted"]
-        # The finished pod's containers are gone from the runtime; its status in the API stands.
-        done = admin.get(Pod, "done", namespace=namespace)
-        assert done.status.phase == "Succeeded" and done.status.containerStatuses[0].state.terminated.exitCode == 0
+        # The finished pods' containers are gone from the runtime; their statuses in the API stand.
+        for name in ("earlier", "done"):
+            done = admin.get(Pod, name, namespace=namespace)
+            assert done.status.phase == "Succeeded", name
+            assert done.status.containerStatuses[0].state.terminated.exitCode == 0, name
+        assert "Removing the containers of a pod that finished before this start" in logged_since_restart()
         metrics = procs.kubectl(cluster, "get", "--raw", f"/api/v1/nodes/{node.name}/proxy/metrics").stdout
         assert 'kubelet_image_garbage_collected_total{reason="space"} ' in metrics
         assert 'kubelet_evictions{eviction_signal="imagefs.available"}' not in metrics

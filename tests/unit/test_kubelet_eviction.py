@@ -429,7 +429,9 @@ def test_disk_reclaim_removes_finished_pods_containers_first_and_their_status_st
                           containers=[Container(f"c-{uid}", "c", 0, state, 1, f"sb-{uid}", "busybox", {}, {})])
 
     class Pleg:
-        pods = {"done": runtime_of("done", api.CONTAINER_EXITED), "up": runtime_of("up", api.CONTAINER_RUNNING)}
+        pods = {"done": runtime_of("done", api.CONTAINER_EXITED), "up": runtime_of("up", api.CONTAINER_RUNNING),
+                "before": runtime_of("before", api.CONTAINER_EXITED),  # finished before this start: no worker
+                "stranger": runtime_of("stranger", api.CONTAINER_EXITED)}  # not the API's: cleanup_orphans' job
 
         def pod(self, uid):
             return self.pods.get(uid) or PodRuntime()
@@ -474,7 +476,11 @@ def test_disk_reclaim_removes_finished_pods_containers_first_and_their_status_st
         workers = PodWorkers(runtime=Runtime(), pleg=Pleg(), status=Nothing(), events=Nothing(), node_ip="10.0.0.2")
         workers.update(pod("done"))
         workers.update(pod("up"))
+        finished = pod("before")
+        finished["status"] = {"phase": "Succeeded"}
+        workers.update(finished)
         await asyncio.sleep(0.05)
+        assert "before" not in workers.workers
         for uid in ("done", "up"):
             workers.workers[uid].cleaned_up = uid == "done"
         await reclaim_disk(workers, Images())
@@ -493,4 +499,5 @@ def test_disk_reclaim_removes_finished_pods_containers_first_and_their_status_st
         return removed + (sets.count("done") - before,)
 
     assert asyncio.run(scenario()) == (True, False, 0)
-    assert order == ["c-done", "sb-done", "images"]  # the finished pod's runtime first: its image is then unused
+    # The finished pods' runtime first: their images are then unused.
+    assert order == ["c-done", "sb-done", "c-before", "sb-before", "images"]

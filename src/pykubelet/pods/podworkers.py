@@ -364,7 +364,8 @@ class PodWorkers:
     async def remove_finished_runtime(self) -> int:
         """Upstream's DeleteAllUnusedContainers, for the eviction manager's disk reclaim: every container and
         sandbox of a pod that has finished (stopped, its volumes released) is removed, so the images they held
-        can go too; its last status stands. Returns how many containers went."""
+        can go too; its last status stands. So is what is left of a pod that had finished before this pykubelet
+        started (it got no worker). Returns how many containers went."""
         removed = 0
         for worker in list(self.workers.values()):
             rt = self.pleg.pod(worker.uid)
@@ -373,10 +374,19 @@ class PodWorkers:
             worker.runtime_removed = True  # first: a step woken meanwhile must not report the half-removed pod
             log.info("Removing the containers of a finished pod to reclaim disk", pod=pod_ref(worker.pod),
                      containers=len(rt.containers))
-            await self.runtime.remove_containers(rt)
-            await self.runtime.remove_sandboxes(rt)
-            removed += len(rt.containers)
+            removed += await self._remove_runtime(rt)
+        for uid, rt in list(self.pleg.pods.items()):
+            if uid in self.workers or uid not in self.known_uids or rt.running or rt.empty:
+                continue
+            log.info("Removing the containers of a pod that finished before this start, to reclaim disk", uid=uid,
+                     containers=len(rt.containers))
+            removed += await self._remove_runtime(rt)
         return removed
+
+    async def _remove_runtime(self, rt) -> int:
+        await self.runtime.remove_containers(rt)
+        await self.runtime.remove_sandboxes(rt)
+        return len(rt.containers)
 
     async def cleanup_orphans(self) -> None:
         """Kill and remove what the runtime runs for pods the API no longer has (after a restart, say)."""
