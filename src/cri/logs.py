@@ -297,7 +297,9 @@ async def follow_log_batches(
             elif os.fstat(f.fileno()).st_size < f.tell():  # truncated in place
                 f.seek(0)
                 parser.reset()
-            await _sleep(poll_interval, stop)
+            # A plain sleep, `stop` looked at on the next round: waiting on the event with a timeout would cost a
+            # task and a timer on every poll of every follower.
+            await asyncio.sleep(poll_interval)
     finally:
         f.close()
 
@@ -311,13 +313,3 @@ async def follow_log(path: str | os.PathLike, **options) -> AsyncIterator[LogEnt
                 yield entry
     finally:
         await batches.aclose()
-
-
-async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
