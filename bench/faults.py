@@ -36,7 +36,8 @@ from lightkube import ApiError
 from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import Event, Node as NodeResource, Pod, Service
 
-from localcluster import agents, bootstrap, containerd, controlplane, images, lock, procs, settings, testimages
+from localcluster import (agents, bootstrap, containerd, controlplane, images, lock, procs, settings, testimages,
+                          upstream_node)
 from localcluster.settings import Cluster, Node
 
 from . import nodes
@@ -90,11 +91,11 @@ class Env:
 
     @property
     def kubelet(self) -> str:
-        return nodes.daemon(self.node) if self.upstream else f"pykubelet-{self.node.name}"
+        return upstream_node.daemon(self.node) if self.upstream else f"pykubelet-{self.node.name}"
 
     def start_kubelet(self) -> int:
         """The node's kubelet again, from its usual command line."""
-        return nodes.start_upstream(self.node) if self.upstream else start_kubelet(self.node)
+        return upstream_node.start_upstream(self.node) if self.upstream else start_kubelet(self.node)
 
     @property
     def proxy(self) -> str:
@@ -1378,8 +1379,8 @@ def upstream_environment(cluster: Cluster, client) -> Env:
     node = dataclasses.replace(cluster, node_count=2).nodes[1]
     nodes.prepare(node, client)
     log(f"bringing up {node.name} with the upstream kubelet")
-    nodes.bring_up(node)
-    nodes.wait_ready(client, cluster, {node.name: nodes.daemon(node)})
+    upstream_node.bring_up(node)
+    nodes.wait_ready(client, cluster, {node.name: upstream_node.daemon(node)})
     return Env(cluster, node, client, f"{PREFIX}upstream-pods", import_agnhost(cluster, node), upstream=True)
 
 

@@ -42,9 +42,9 @@ from lightkube.resources.core_v1 import Pod
 
 from localcluster import agents, bootstrap, containerd, network, procs
 from localcluster.settings import Node
+from localcluster.upstream_node import daemon, delete_node_objects, leftovers, remove_node, start_upstream
 
-from .nodes import (MIB, daemon, delete_node_objects, leftovers, log, machine_facts, remove_node, run_beside_upstream,
-                    start_upstream, usage, wait_ready)
+from .nodes import MIB, log, machine_facts, run_beside_upstream, usage, wait_ready
 from .pod_startup import delete_namespaces, make_namespace, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kubelet-api.md"

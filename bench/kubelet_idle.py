@@ -25,9 +25,10 @@ from pathlib import Path
 import psutil
 
 from localcluster import procs
+from localcluster.upstream_node import bring_up, daemon
 
-from .nodes import (MIB, bring_up, daemon, log, machine_facts, pods_on, ready_since, run_beside_upstream, started_at,
-                    usage, wait_ready)
+from .nodes import (MIB, log, machine_facts, pods_on, ready_since, run_beside_upstream, started_at, usage,
+                    wait_ready)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "kubelet-idle.md"
 

@@ -36,9 +36,9 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, ServiceAccoun
 
 from localcluster import agents as node_agents, procs
 from localcluster.settings import Node
+from localcluster.upstream_node import bring_up, daemon
 
-from .nodes import (MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage,
-                    wait_ready)
+from .nodes import MIB, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pod-startup.md"
 IMAGE = "registry.k8s.io/e2e-test-images/busybox:1.37.0-1"  # imported into both nodes' containerd

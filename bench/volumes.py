@@ -48,8 +48,9 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Secret
 
 from localcluster import agents as local_agents
 from localcluster import bootstrap, procs
+from localcluster.upstream_node import bring_up, daemon
 
-from .nodes import MIB, bring_up, daemon, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
+from .nodes import MIB, log, machine_facts, pods_on, run_beside_upstream, started_at, usage, wait_ready
 from .pod_startup import (Agent, clear_earlier_runs, delete_namespaces, explain_stuck, make_namespace, percentile,
                           remove_leftovers, start_pods, startup_figures)
 
