@@ -29,7 +29,7 @@ test: deps venv upstream
 # The upstream [Conformance] specs against the local cluster (builds the suite; brings the cluster up if down).
 # CONFORMANCE_FOCUS / CONFORMANCE_SKIP are ginkgo regexes, e.g. CONFORMANCE_FOCUS='\[sig-node\].*\[Conformance\]'.
 conformance: deps venv upstream
-	$(PY) -m localcluster conformance
+	$(PY) -m localcluster conformance $(if $(NODE_AGENTS),--agents=$(NODE_AGENTS))
 
 # pynode installed on a booted Debian 12 machine (systemd-nspawn) by the ansible playbook, joined with kubeadm,
 # then checked from outside (tests/integration/test_node_install.py; the README's "make node-test").

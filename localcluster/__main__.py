@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("--focus", default=os.environ.get("CONFORMANCE_FOCUS") or conformance.DEFAULT_FOCUS)
     conf.add_argument("--skip", default=os.environ.get("CONFORMANCE_SKIP", ""))
     conf.add_argument("--procs", type=int, default=int(os.environ.get("CONFORMANCE_PROCS") or conformance.DEFAULT_PROCS))
+    conf.add_argument("--agents", choices=conformance.AGENTS, default=os.environ.get("NODE_AGENTS") or "pynode",
+                      help="whose node agents the suite runs on: pynode's (the cluster's nodes) or, side by side, "
+                      "the upstream kubelet and kube-proxy on nodes added for the run (NODE_AGENTS)")
     vms = sub.add_parser("vagrant", help="pynode workers as VMs (vagrant/), joined to this cluster: up, destroy, "
                          "status, env (the PYNODE_* lines for running vagrant by hand), net-up, net-down")
     vms.add_argument("action", choices=("up", "destroy", "status", "env", "net-up", "net-down"))
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "build":
             cluster.build_upstream(config, args.programs)
         elif args.command == "conformance":
-            conformance.run(config, focus=args.focus, skip=args.skip, processes=args.procs)
+            conformance.run(config, focus=args.focus, skip=args.skip, processes=args.procs, agents=args.agents)
         elif args.command == "vagrant":
             return vagrant.main(config, args.action, workers=args.workers, proxy_mode=args.proxy_mode,
                                 agents=args.agents)

@@ -9,10 +9,18 @@ output (`ginkgo.log`), `report.json`, `junit.xml` and `summary.md`.
 
 The summary counts specs per sig (the `[sig-…]` tag of the spec's text) and lists
 each failed spec with the first line of its failure.
+
+`agents="upstream"` runs the same suite, images and cluster shape on nodes that run the upstream
+kubelet and kube-proxy of the same version instead (localcluster/upstream_node.py): as many such
+nodes as the cluster has pynode nodes are added for the run, the pynode nodes get a NoSchedule
+taint the suite is told to ignore (so its pods all land on the upstream nodes), and afterwards the
+taint and the added nodes go again. A spec that fails there too is a gap of the harness, not of pynode.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -24,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import cluster as local
-from . import lock, procs, testimages
+from . import bootstrap, lock, procs, testimages, upstream_node
 from .procs import UpError
 from .settings import UPSTREAM_DIR, Cluster
 
@@ -34,6 +42,9 @@ DEFAULT_FOCUS = r"\[Conformance\]"
 DEFAULT_PROCS = 4
 # ginkgo's states, folded into the three the summary counts.
 FAILED_STATES = {"failed", "panicked", "timedout", "interrupted", "aborted"}
+AGENTS = ("pynode", "upstream")
+# On pynode's nodes while the suite runs on upstream's: keeps its pods off them (its node listings skip them too).
+ASIDE_TAINT = "pynode.dev/conformance"
 
 
 def log(msg: str) -> None:
@@ -53,7 +64,8 @@ def prepare_images(cluster: Cluster) -> list[str]:
     return missing
 
 
-def ginkgo_argv(cluster: Cluster, out: Path, focus: str, skip: str, processes: int) -> list[str]:
+def ginkgo_argv(cluster: Cluster, out: Path, focus: str, skip: str, processes: int,
+                aside: bool = False) -> list[str]:
     argv = [str(cluster.bin / "ginkgo"), f"--procs={processes}", "--timeout=3h", "--no-color", "--silence-skips",
             f"--focus={focus}", f"--output-dir={out}", "--json-report=report.json", "--junit-report=junit.xml"]
     if skip:
@@ -61,6 +73,8 @@ def ginkgo_argv(cluster: Cluster, out: Path, focus: str, skip: str, processes: i
     argv += [str(cluster.bin / "e2e.test"), "--",
              f"--kubeconfig={cluster.admin_kubeconfig}", "--provider=skeleton",
              f"--kubectl-path={cluster.bin / 'kubectl'}", f"--report-dir={out}", "--dump-logs-on-failure=false"]
+    if aside:  # the suite waits for every node to be schedulable unless its taint is one it may ignore
+        argv.append(f"--non-blocking-taints=node-role.kubernetes.io/control-plane,{ASIDE_TAINT}")
     return argv
 
 
@@ -81,28 +95,102 @@ def results_dir(cluster: Cluster) -> Path:
     return cluster.state.with_name(cluster.state.name + "-conformance")
 
 
-def run(cluster: Cluster, focus: str = DEFAULT_FOCUS, skip: str = "", processes: int = DEFAULT_PROCS) -> Path:
+def run(cluster: Cluster, focus: str = DEFAULT_FOCUS, skip: str = "", processes: int = DEFAULT_PROCS,
+        agents: str = "pynode") -> Path:
     """The whole measurement; returns the run's directory (the summary is printed and in summary.md).
 
     Holds the cluster's lock while it uses the cluster, so a test session on the same machine waits for it.
     """
+    if agents not in AGENTS:
+        raise UpError(f"conformance: unknown node agents {agents!r}; expected one of {', '.join(AGENTS)}")
     build(cluster)
+    if agents == "upstream":
+        log("building the upstream kubelet and kube-proxy (cached after the first time)")
+        local.build_upstream(cluster, ["kubelet", "kube-proxy"])
     with lock.holding(cluster, f"a conformance run ({focus})"):
-        return measure(cluster, focus, skip, processes)
+        if not all(local.status(cluster).values()):
+            local.up(cluster)
+        with nodes_running(cluster, agents) as (suite_cluster, names):
+            return measure(suite_cluster, focus, skip, processes, agents=agents, node_names=names)
 
 
-def measure(cluster: Cluster, focus: str, skip: str = "", processes: int = DEFAULT_PROCS) -> Path:
-    """`run` for a caller that already holds the cluster's lock (the test suite's smoke) and built the suite."""
-    if not all(local.status(cluster).values()):
-        local.up(cluster)
+@contextlib.contextmanager
+def nodes_running(cluster: Cluster, agents: str):
+    """(the cluster's settings for the run, the names of the nodes the suite runs its pods on).
+
+    For `upstream`: adds that many nodes with the upstream kubelet and kube-proxy and sets pynode's aside
+    (ASIDE_TAINT) for the run; afterwards the taint and the added nodes go, also after an error or Ctrl-C."""
+    if agents == "pynode":
+        yield cluster, [node.name for node in cluster.nodes]
+        return
+    count = len(cluster.nodes)
+    wide = dataclasses.replace(cluster, node_count=2 * count)
+    ours, theirs = wide.nodes[:count], wide.nodes[count:]
+    try:
+        for node in theirs:
+            if upstream_node.leftovers(node):
+                log(f"removing the {node.name} an earlier run left behind")
+                _remove(node)
+            log(f"bringing up {node.name} with the upstream kubelet and kube-proxy")
+            # Schedulable, unlike the benchmarks' node: the suite's pods are to land there.
+            upstream_node.bring_up(node, {"registerWithTaints": []})
+            upstream_node.start_upstream_proxy(node)
+        for node in theirs:
+            _wait_ready(node)
+            bootstrap.approve_serving_certificates(node)  # logs, exec, port-forward through the apiserver
+        for node in ours:  # (bring_up gave them routes to the new nodes' pods)
+            _kubectl(cluster, "taint", "nodes", node.name, f"{ASIDE_TAINT}=upstream-run:NoSchedule", "--overwrite")
+        yield wide, [node.name for node in theirs]
+    finally:
+        for node in ours:
+            procs.kubectl(cluster, "taint", "nodes", node.name, f"{ASIDE_TAINT}-")
+        for node in theirs:
+            log(f"removing {node.name}")
+            _remove(node)
+
+
+def _remove(node) -> None:
+    """The node off the host, then its Node, Lease and CSRs."""
+    from lightkube import Client, KubeConfig
+
+    upstream_node.remove_node(node)
+    try:
+        upstream_node.delete_node_objects(Client(config=KubeConfig.from_file(str(node.cluster.admin_kubeconfig))),
+                                          node.name)
+    except Exception as err:  # noqa: BLE001 - the apiserver may be gone; say so and go on
+        log(f"could not delete the Node, Lease or CSRs of {node.name}: {err}")
+
+
+def _wait_ready(node, timeout: float = 180) -> None:
+    """Until the Node exists and is Ready; fail naming the kubelet's log."""
+    jsonpath = '{.status.conditions[?(@.type=="Ready")].status}'
+    deadline = time.monotonic() + timeout
+    while procs.kubectl(node.cluster, "get", "node", node.name, "-o", f"jsonpath={jsonpath}").stdout != "True":
+        if time.monotonic() > deadline or not procs.running(node.cluster, upstream_node.daemon(node)):
+            raise UpError(f"conformance: {node.name} is not Ready; see "
+                          f"{procs.log_path(node.cluster, upstream_node.daemon(node))}")
+        time.sleep(1)
+
+
+def _kubectl(cluster: Cluster, *args: str, timeout: float = 120) -> None:
+    proc = procs.kubectl(cluster, *args, timeout=timeout)
+    if proc.returncode != 0:
+        raise UpError(f"conformance: `kubectl {' '.join(args)}` failed: {proc.stderr.strip()}")
+
+
+def measure(cluster: Cluster, focus: str, skip: str = "", processes: int = DEFAULT_PROCS, agents: str = "pynode",
+            node_names: list[str] | None = None) -> Path:
+    """`run` for a caller that already holds the cluster's lock (the test suite's smoke), built the suite and
+    brought the cluster up."""
     missing = prepare_images(cluster)
     if missing:
         log(f"{len(missing)} images the suite may pull have no recipe here (localcluster/testimages.py); a spec "
             f"that runs one fails on it: {' '.join(missing)}")
-    out = results_dir(cluster) / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = results_dir(cluster) / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) +
+                                  ("" if agents == "pynode" else f"-{agents}"))
     out.mkdir(parents=True)
     before = suite_namespaces(cluster)
-    argv = ginkgo_argv(cluster, out, focus, skip, processes)
+    argv = ginkgo_argv(cluster, out, focus, skip, processes, aside=agents != "pynode")
     log(f"running {' '.join(argv)}\n  output in {out / 'ginkgo.log'}")
     started = time.monotonic()
     with open(out / "ginkgo.log", "w") as output:
@@ -118,8 +206,10 @@ def measure(cluster: Cluster, focus: str, skip: str = "", processes: int = DEFAU
         raise UpError(f"conformance: ginkgo (exit {proc.returncode}) wrote no report; see {out / 'ginkgo.log'}")
     summary = summarize(json.loads(report.read_text()))
     shown = focus if len(focus) <= 120 else focus[:117] + "..."
+    kind = "pynode (pykubelet, pyproxy)" if agents == "pynode" else "the upstream kubelet and kube-proxy"
+    nodes = ", ".join(node_names or [node.name for node in cluster.nodes])
     text = format_summary(summary, title=f"focus `{shown}`" + (f", skip `{skip}`" if skip else ""),
-                          elapsed=elapsed, missing_images=missing)
+                          elapsed=elapsed, missing_images=missing, nodes=f"{nodes}, running {kind}")
     (out / "summary.md").write_text(text)
     print(text)
     return out
@@ -181,10 +271,12 @@ def summarize(reports: list[dict]) -> Summary:
 
 
 def format_summary(summary: Summary, title: str, elapsed: float | None = None,
-                   missing_images: list[str] | None = None) -> str:
+                   missing_images: list[str] | None = None, nodes: str = "") -> str:
     total = summary.total
     ran = total["passed"] + total["failed"]
     lines = [f"# Conformance run: {title}", ""]
+    if nodes:
+        lines += [f"Nodes: {nodes}.", ""]
     if elapsed is not None:
         lines.append(f"{ran} specs ran in {elapsed / 60:.0f} min: {total['passed']} passed, {total['failed']} failed"
                      f" ({total['skipped']} skipped by the suite itself).")

@@ -128,6 +128,8 @@ def ensure_node(node: Node) -> None:
     for other in cluster.nodes:
         if other != node:
             _ip("route", "replace", other.pod_cidr, "via", other.ip, netns=ns)
+            if netns_exists(other.netns):  # and this node's pods from the others (one added to a running cluster)
+                _ip("route", "replace", node.pod_cidr, "via", node.ip, netns=other.netns)
     _sysctl(ns, "net.ipv4.ip_forward", "1")
     # The host (the apiserver's pods/proxy, webhooks) reaches the node's pods through the node.
     _ip("route", "replace", node.pod_cidr, "via", node.ip, "dev", cluster.bridge)
@@ -137,6 +139,9 @@ def remove_node(node: Node) -> None:
     """Delete the namespace (which takes its veth, bridges and all its firewall tables along) and the host's
     route to the node's pods (the cluster's `unreachable` route covers them again)."""
     _ip("route", "delete", node.pod_cidr, "via", node.ip, "dev", node.cluster.bridge, check=False)
+    for other in node.cluster.nodes:
+        if other != node and netns_exists(other.netns):
+            _ip("route", "delete", node.pod_cidr, "via", node.ip, netns=other.netns, check=False)
     if netns_exists(node.netns):
         _ip("netns", "delete", node.netns, check=False)
     if _link_exists(node.host_veth):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from localcluster import conformance
 from localcluster.settings import UPSTREAM_DIR, kubernetes_version
 
@@ -83,6 +85,26 @@ def test_ginkgo_gets_the_focus_skip_and_reports_in_the_run_directory(tmp_path):
     assert f"--kubeconfig={cluster.admin_kubeconfig}" in suite_args
     assert not any("clean-start" in a for a in argv)  # it would delete every non-system namespace
     assert not any(a.startswith("--skip") for a in conformance.ginkgo_argv(cluster, tmp_path, "x", "", 1))
+    assert not any(a.startswith("--non-blocking-taints") for a in argv)
+
+
+def test_with_pynode_set_aside_the_suite_ignores_its_taint_and_the_summary_names_the_nodes(tmp_path):
+    from localcluster import settings
+
+    argv = conformance.ginkgo_argv(settings.load(), tmp_path, "x", "", 1, aside=True)
+    suite_args = argv[argv.index("--") + 1:]
+    assert f"--non-blocking-taints=node-role.kubernetes.io/control-plane,{conformance.ASIDE_TAINT}" in suite_args
+    text = conformance.format_summary(conformance.summarize(REPORT), title="t",
+                                      nodes="pynode-n2, running the upstream kubelet and kube-proxy")
+    assert "Nodes: pynode-n2, running the upstream kubelet and kube-proxy." in text
+
+
+def test_an_unknown_kind_of_node_agents_is_refused_before_anything_is_built():
+    from localcluster import settings
+    from localcluster.procs import UpError
+
+    with pytest.raises(UpError, match="unknown node agents 'kubelet'"):
+        conformance.run(settings.load(), agents="kubelet")
 
 
 def test_the_suite_recipe_pins_the_same_kubernetes_as_the_control_plane_recipe():
