@@ -6,7 +6,7 @@ node; an image with no recipe is named in a clear line before the run, since a
 spec that needs it can only fail on ImagePullBackOff. Recipes follow the
 Dockerfiles under test/images in the pinned Kubernetes module: same entrypoint,
 users, files and ports, with the programs built from the same Go module and the
-shell tools from upstream's busybox (busybox.py) and this host's curl instead of Alpine's packages.
+shell tools from upstream's busybox (busybox.py) and this host's curl and nc instead of Alpine's packages.
 """
 
 from __future__ import annotations
@@ -47,8 +47,9 @@ def agnhost_prev_name(cluster: Cluster) -> str:
 
 def agnhost_image(cluster: Cluster) -> Image:
     """agnhost as its Dockerfile makes it: /agnhost (and the agnhost-2 link), porter's localhost certificate,
-    /uploads, the image's own user and group, curl (the lifecycle hook specs run it), ENTRYPOINT /agnhost with
-    CMD pause."""
+    /uploads, the image's own user and group, curl (the lifecycle hook specs run it) and OpenBSD's nc as
+    /usr/bin/nc ahead of busybox's (the Service specs run `nc -v -t -w 2`, and busybox's nc has no -t), as
+    upstream's Alpine packages give them, ENTRYPOINT /agnhost with CMD pause."""
     porter = images._module_dir(cluster) / "test/images/agnhost/porter"
     entries = images.busybox_entries(
         cluster,
@@ -60,7 +61,7 @@ def agnhost_image(cluster: Cluster) -> Image:
         Entry("localhost.key", (porter / "localhost.key").read_bytes(), 0o644),
         Entry("uploads"), Entry("home/user-defined-in-image"),
     ]
-    entries += images.host_program_entries("curl")
+    entries += images.host_program_entries("curl", "nc")
     return Image(names=[agnhost_name(cluster), agnhost_prev_name(cluster)], entries=entries,
                  entrypoint=["/agnhost"], cmd=["pause"])
 

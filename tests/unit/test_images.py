@@ -73,3 +73,20 @@ def test_a_host_program_runs_on_its_own_in_an_image_root(tmp_path):
     program = next(e.path for e in entries if e.path.endswith("bin/curl"))
     out = subprocess.run(["chroot", str(tmp_path), f"/{program}", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("curl "), out.stderr
+
+
+def test_the_agnhost_image_nc_is_openbsds_and_takes_the_telnet_flag(tmp_path):
+    """The Service specs run `nc -v -t -w 2 <service> 80` in agnhost; busybox's nc refuses -t."""
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    for entry in host_program_entries("nc"):
+        target = tmp_path / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(entry.data)
+        target.chmod(entry.mode)
+    out = subprocess.run(["chroot", str(tmp_path), "/usr/bin/nc", "-h"], capture_output=True, text=True)
+    assert "OpenBSD netcat" in out.stderr + out.stdout
+    # -t is accepted; nothing listens on port 1 of the chroot's (the host's) loopback, so it fails to connect.
+    refused = subprocess.run(["chroot", str(tmp_path), "/usr/bin/nc", "-v", "-t", "-w", "1", "-z", "127.0.0.1", "1"],
+                             capture_output=True, text=True)
+    assert "invalid option" not in refused.stderr and "Connection refused" in refused.stderr, refused.stderr
