@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-static \
-	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl netcat-openbsd libseccomp-dev \
+	iptables nftables conntrack iproute2 util-linux gcc libc6-dev make bzip2 curl netcat-openbsd bind9-dnsutils libseccomp-dev \
 	systemd systemd-container debootstrap libsystemd-dev pkg-config openssh-client dpkg-dev \
 	vagrant vagrant-libvirt shellcheck
 # What the VMs of vagrant/ need beyond that (make vagrant-deps): QEMU, libvirt and its dnsmasq, and the box

@@ -52,11 +52,13 @@ class Image:
 
 
 def _layer(entries: list[Entry]) -> bytes:
-    """A tar layer with fixed owners and times, so the digest depends on content only."""
+    """A tar layer with fixed owners and times, so the digest depends on content only. Of two entries at one
+    path the later wins, as in a Dockerfile (a host program over busybox's applet of the same name)."""
+    last = {entry.path.strip("/"): entry for entry in entries}
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         seen = set()
-        for entry in sorted(entries, key=lambda e: e.path):
+        for entry in sorted(last.values(), key=lambda e: e.path.strip("/")):
             parts = entry.path.strip("/").split("/")
             for i in range(1, len(parts)):  # parent directories first
                 parent = "/".join(parts[:i])

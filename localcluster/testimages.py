@@ -6,7 +6,8 @@ node; an image with no recipe is named in a clear line before the run, since a
 spec that needs it can only fail on ImagePullBackOff. Recipes follow the
 Dockerfiles under test/images in the pinned Kubernetes module: same entrypoint,
 users, files and ports, with the programs built from the same Go module and the
-shell tools from upstream's busybox (busybox.py) and this host's curl and nc instead of Alpine's packages.
+shell tools from upstream's busybox (busybox.py) and this host's curl, nc, dig and getent instead of Alpine's
+or Debian's packages.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def agnhost_name(cluster: Cluster) -> str:
     return f"{E2E_REGISTRY}/agnhost:{_version_of(cluster, 'Agnhost', 'agnhost')}"
 
 
+# Debian's, for the glibc programs carried from this host (getent hosts reads /etc/hosts, then DNS).
+NSSWITCH = Entry("etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files dns\n", 0o644)
+
+
 def agnhost_prev_name(cluster: Cluster) -> str:
     """The previous agnhost (AgnhostPrev), which specs use only as a second, different image name; it is
     the same build here."""
@@ -47,9 +52,10 @@ def agnhost_prev_name(cluster: Cluster) -> str:
 
 def agnhost_image(cluster: Cluster) -> Image:
     """agnhost as its Dockerfile makes it: /agnhost (and the agnhost-2 link), porter's localhost certificate,
-    /uploads, the image's own user and group, curl (the lifecycle hook specs run it) and OpenBSD's nc as
-    /usr/bin/nc ahead of busybox's (the Service specs run `nc -v -t -w 2`, and busybox's nc has no -t), as
-    upstream's Alpine packages give them, ENTRYPOINT /agnhost with CMD pause."""
+    /uploads, the image's own user and group, curl (the lifecycle hook specs run it), OpenBSD's nc as
+    /usr/bin/nc ahead of busybox's (the Service specs run `nc -v -t -w 2`, and busybox's nc has no -t), dig
+    and getent (the DNS specs' probes), as upstream's Alpine packages give them, ENTRYPOINT /agnhost with CMD
+    pause."""
     porter = images._module_dir(cluster) / "test/images/agnhost/porter"
     entries = images.busybox_entries(
         cluster,
@@ -61,7 +67,7 @@ def agnhost_image(cluster: Cluster) -> Image:
         Entry("localhost.key", (porter / "localhost.key").read_bytes(), 0o644),
         Entry("uploads"), Entry("home/user-defined-in-image"),
     ]
-    entries += images.host_program_entries("curl", "nc")
+    entries += images.host_program_entries("curl", "nc", "dig", "getent") + [NSSWITCH]
     return Image(names=[agnhost_name(cluster), agnhost_prev_name(cluster)], entries=entries,
                  entrypoint=["/agnhost"], cmd=["pause"])
 
@@ -96,12 +102,22 @@ def nonroot_image(cluster: Cluster) -> Image:
                  entries=images.busybox_entries(cluster), cmd=["sh"], user="1234")
 
 
+def glibc_dns_testing_image(cluster: Cluster) -> Image:
+    """glibc-dns-testing, the DNS specs' glibc querier ("jessie"): its Dockerfile is Debian 12 with dnsutils, so
+    here this host's (Debian 12) dig and getent with their libraries, Debian's /etc/nsswitch.conf for hosts, and
+    busybox for the shell and the rest. The CoreDNS 1.5 it also carries is left out: no spec runs it there."""
+    entries = images.busybox_entries(cluster) + images.host_program_entries("dig", "getent") + [NSSWITCH]
+    return Image(names=[f"{E2E_REGISTRY}/glibc-dns-testing:"
+                        f"{_version_of(cluster, 'GlibcDnsTesting', 'glibc-dns-testing')}"], entries=entries, cmd=["sh"])
+
+
 BUILDERS: dict[str, Callable[[Cluster], Image]] = {
     "agnhost": agnhost_image,
     "kitten": lambda cluster: _web_image(cluster, "kitten"),
     "nautilus": lambda cluster: _web_image(cluster, "nautilus"),
     "nonewprivs": nonewprivs_image,
     "nonroot": nonroot_image,
+    "glibc-dns-testing": glibc_dns_testing_image,
     **images.CATALOG,
 }
 

@@ -90,3 +90,34 @@ def test_the_agnhost_image_nc_is_openbsds_and_takes_the_telnet_flag(tmp_path):
     refused = subprocess.run(["chroot", str(tmp_path), "/usr/bin/nc", "-v", "-t", "-w", "1", "-z", "127.0.0.1", "1"],
                              capture_output=True, text=True)
     assert "invalid option" not in refused.stderr and "Connection refused" in refused.stderr, refused.stderr
+
+
+def test_of_two_entries_at_one_path_the_later_is_in_the_layer(tmp_path):
+    image = Image(names=["example.test/over:1.0"], entries=[
+        Entry("usr/bin/nc", link="/bin/busybox"), Entry("bin/busybox", b"box"), Entry("usr/bin/nc", b"openbsd")])
+    files = _read(build(image, tmp_path))
+    manifest = json.loads(files["blobs/sha256/" + json.loads(files["index.json"])["manifests"][0]["digest"][7:]])
+    layer = files["blobs/sha256/" + manifest["layers"][0]["digest"][7:]]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        members = [m for m in tar.getmembers() if m.name == "usr/bin/nc"]
+        assert len(members) == 1 and members[0].isfile()
+        assert tar.extractfile(members[0]).read() == b"openbsd"
+
+
+def test_the_glibc_dns_querier_tools_run_on_their_own_in_an_image_root(tmp_path):
+    """glibc-dns-testing's dig and getent (the DNS specs' probes) carry every library they load."""
+    if os.geteuid() != 0:
+        pytest.skip("chroot needs root")
+    for entry in host_program_entries("dig", "getent"):
+        target = tmp_path / entry.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(entry.data)
+        target.chmod(entry.mode)
+    (tmp_path / "etc").mkdir(exist_ok=True)
+    (tmp_path / "etc/nsswitch.conf").write_text("hosts: files dns\n")
+    (tmp_path / "etc/hosts").write_text("10.1.2.3 querier.example\n")
+    version = subprocess.run(["chroot", str(tmp_path), "/usr/bin/dig", "-v"], capture_output=True, text=True)
+    assert version.returncode == 0 and "DiG 9." in version.stdout + version.stderr, version.stderr
+    found = subprocess.run(["chroot", str(tmp_path), "/usr/bin/getent", "hosts", "querier.example"],
+                           capture_output=True, text=True)
+    assert found.stdout.split() == ["10.1.2.3", "querier.example"], found.stderr
