@@ -17,6 +17,7 @@ import hashlib
 import json
 import secrets
 import socket
+import ssl
 import string
 import subprocess
 import time
@@ -202,6 +203,19 @@ def _serving_request_fits(node, csr: dict) -> bool:
 KUBELET_PORT = 10250
 
 
+def _completes_tls_handshake(host: str, port: int) -> bool:
+    """A TLS handshake succeeds: listening is not enough, since the upstream kubelet listens before it has a
+    serving certificate and fails every handshake until then ("tls: internal error")."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # whether it serves, not whom we trust
+    try:
+        with socket.create_connection((host, port), timeout=1) as raw, \
+                context.wrap_socket(raw, server_hostname=host):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
 def approve_serving_certificates(node, timeout: float = 60) -> None:
     """Approve the node's pending serving CSRs (the controller-manager approves none) until its kubelet serves."""
     cluster = node.cluster
@@ -217,9 +231,7 @@ def approve_serving_certificates(node, timeout: float = 60) -> None:
                                   timeout=30)
             if proc.returncode != 0:
                 raise UpError(f"bootstrap: approving {' '.join(pending)} failed: {proc.stderr.strip()}")
-        try:
-            socket.create_connection((node.ip, KUBELET_PORT), timeout=1).close()
-            return  # the kubelet serves: it has its certificate
-        except OSError:
-            time.sleep(0.5)
+        if _completes_tls_handshake(node.ip, KUBELET_PORT):
+            return  # the kubelet serves with its certificate
+        time.sleep(0.5)
     raise UpError(f"bootstrap: no serving certificate was signed for {node.name} within {timeout:.0f}s")
