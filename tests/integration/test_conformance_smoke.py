@@ -1,5 +1,5 @@
-"""A conformance smoke: upstream [Conformance] specs pynode passes (sig-node and sig-storage), fast ones, run
-by the real e2e suite.
+"""A conformance smoke: upstream [Conformance] specs pynode passes (sig-node, sig-storage and sig-network), fast
+ones, run by the real e2e suite.
 
 `make conformance` is the measurement; this keeps what it found passing from regressing in CI. Each spec
 here takes seconds on one pynode node; the whole run (suite build cached) well under a minute.
@@ -92,6 +92,11 @@ SPECS = [
     "[Conformance]",
     "[sig-storage] EmptyDir wrapper volumes should not conflict [Conformance]",
     "[sig-storage] Subpath Atomic writer volumes should support subpaths with configmap pod [Conformance]",
+    # pyproxy, CoreDNS, and the images' nc (with -t), dig and getent
+    "[sig-network] DNS should provide DNS for services [Conformance]",
+    "[sig-network] Services should be able to create a functioning NodePort service [Conformance]",
+    "[sig-network] Services should have session affinity work for service with type clusterIP [LinuxOnly] "
+    "[Conformance]",
 ]
 
 
