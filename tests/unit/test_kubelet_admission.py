@@ -38,3 +38,35 @@ def test_a_resource_the_node_does_not_list_or_the_pod_does_not_request_is_not_ch
         "OutOfcpu", "Node didn't have enough resource: cpu, requested: 100, used: 2000, capacity: 2000")
     assert fit(pod(memory="1Gi"), [pod("a", cpu="2")], ALLOCATABLE) is None
     assert fit(pod(cpu="100m"), [], {"pods": "110", "memory": "1Gi"}) is None
+
+
+def with_ports(uid, *ports, sidecar_ports=(), init_ports=()):
+    spec = {"containers": [{"name": "c", "ports": list(ports)}],
+            "initContainers": [{"name": "s", "restartPolicy": "Always", "ports": list(sidecar_ports)},
+                               {"name": "i", "ports": list(init_ports)}]}
+    return {"metadata": {"uid": uid}, "spec": spec}
+
+
+def test_a_host_port_another_pod_holds_refuses_it_as_the_nodeports_filter():
+    refused = ("NodePorts", "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports")
+    held = with_ports("a", {"containerPort": 80, "hostPort": 21017})
+    assert fit(with_ports("p", {"containerPort": 8080, "hostPort": 21017}), [held], ALLOCATABLE) == refused
+    # another protocol, or a port only in the pod itself, is free
+    assert fit(with_ports("p", {"containerPort": 80, "hostPort": 21017, "protocol": "UDP"}), [held], ALLOCATABLE) \
+        is None
+    assert fit(with_ports("p", {"containerPort": 80}), [held], ALLOCATABLE) is None
+    # 0.0.0.0 (the default) takes the port on every address; two distinct addresses share it
+    on_one = with_ports("b", {"containerPort": 80, "hostPort": 9000, "hostIP": "10.0.0.2"})
+    assert fit(with_ports("p", {"containerPort": 80, "hostPort": 9000}), [on_one], ALLOCATABLE) == refused
+    assert fit(with_ports("p", {"containerPort": 80, "hostPort": 9000, "hostIP": "10.0.0.3"}), [on_one],
+               ALLOCATABLE) is None
+    assert fit(with_ports("p", {"containerPort": 80, "hostPort": 9000, "hostIP": "10.0.0.2"}), [on_one],
+               ALLOCATABLE) == refused
+    # a sidecar's host port is held for the pod's life; an init container's that ends is not
+    sidecar = with_ports("c", sidecar_ports=[{"containerPort": 1, "hostPort": 7000}])
+    ended = with_ports("d", init_ports=[{"containerPort": 1, "hostPort": 7001}])
+    assert fit(with_ports("p", {"containerPort": 1, "hostPort": 7000}), [sidecar, ended], ALLOCATABLE) == refused
+    assert fit(with_ports("p", {"containerPort": 1, "hostPort": 7001}), [sidecar, ended], ALLOCATABLE) is None
+    # resources are looked at first, as upstream orders its reasons
+    assert fit(with_ports("p", {"containerPort": 80, "hostPort": 21017}), [held, held, held],
+               ALLOCATABLE)[0] == "OutOfpods"

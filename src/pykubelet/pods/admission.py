@@ -6,6 +6,8 @@ aggregates them, or pod-level ones, plus its overhead) against the node's alloca
 active pods request, for the pod count, cpu, memory, ephemeral-storage and every extended resource the
 allocatable lists; a resource the pod does not request is not checked. The first shortfall refuses the pod,
 with upstream's reason (OutOfcpu, OutOfmemory, OutOfephemeral-storage, OutOfpods, OutOf<resource>) and message.
+Then its host ports (of its containers and sidecars) against those of the other active pods, as the scheduler's
+NodePorts filter: a port on 0.0.0.0 (the default) conflicts with that protocol and port on any address.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from fractions import Fraction
 from . import qos
 
 MESSAGE = "Node didn't have enough resource: {}, requested: {}, used: {}, capacity: {}"
+PORTS_REASON = "NodePorts"
+PORTS_MESSAGE = "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+ANY_ADDRESS = "0.0.0.0"
 
 
 def requests(pod: dict) -> dict[str, Fraction]:
@@ -50,4 +55,25 @@ def fit(pod: dict, others: list[dict], allocatable: dict[str, str]) -> tuple[str
         have, taken = amount(name, qos.quantity(allocatable[name])), amount(name, used.get(name, Fraction(0)))
         if asked > have - taken:
             return f"OutOf{name}", MESSAGE.format(name, asked, taken, have)
+    if _ports_taken(host_ports(pod), [port for other in others for port in host_ports(other)]):
+        return PORTS_REASON, PORTS_MESSAGE
     return None
+
+
+def host_ports(pod: dict) -> list[tuple[str, str, int]]:
+    """(host IP, protocol, host port) of every port the pod holds on the node while it runs: its containers'
+    and its sidecars' (restartable init containers), not those of init containers that end."""
+    spec = pod.get("spec") or {}
+    containers = [c for c in spec.get("initContainers") or [] if c.get("restartPolicy") == "Always"]
+    containers += spec.get("containers") or []
+    return [(port.get("hostIP") or ANY_ADDRESS, port.get("protocol") or "TCP", int(port["hostPort"]))
+            for container in containers for port in container.get("ports") or [] if int(port.get("hostPort") or 0) > 0]
+
+
+def _ports_taken(wanted: list[tuple[str, str, int]], used: list[tuple[str, str, int]]) -> bool:
+    for address, protocol, port in wanted:
+        for other_address, other_protocol, other_port in used:
+            same_port = (protocol, port) == (other_protocol, other_port)
+            if same_port and (address == other_address or ANY_ADDRESS in (address, other_address)):
+                return True
+    return False
