@@ -22,6 +22,7 @@ import psutil
 from localcluster import lock, procs, settings
 from localcluster import cluster as local
 from localcluster.settings import Node
+from localcluster import upstream_node
 from localcluster.upstream_node import delete_node_objects, leftovers, remove_node
 
 MIB = 1024 * 1024
@@ -36,11 +37,7 @@ def cleanup(node: Node, client) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
     log(f"removing {node.name}")
-    remove_node(node)
-    try:
-        delete_node_objects(client, node.name)
-    except Exception as err:  # noqa: BLE001 - the apiserver may be gone; say so and go on
-        log(f"could not delete the Node, Lease or CSRs of {node.name}: {err}")
+    upstream_node.remove(node, client)
 
 
 def prepare(node: Node, client) -> None:

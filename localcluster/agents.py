@@ -164,8 +164,8 @@ def restart_kubelet(node: Node, config: dict | None = None) -> None:
     wait_node_ready(node)
 
 
-def wait_node_ready(node: Node, timeout: float = 60) -> None:
-    """Wait until the apiserver shows the node Ready; fail naming pykubelet's log."""
+def wait_node_ready(node: Node, timeout: float = 60, program: str = "pykubelet") -> None:
+    """Wait until the apiserver shows the node Ready; fail naming the log of its kubelet, `program`."""
     from lightkube import Client, KubeConfig
     from lightkube.resources.core_v1 import Node as NodeResource
 
@@ -174,7 +174,7 @@ def wait_node_ready(node: Node, timeout: float = 60) -> None:
     def ready() -> bool:
         status = client.get(NodeResource, node.name).status
         return any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
-    _wait_for(node, "pykubelet", ready, timeout, f"node {node.name} did not become Ready")
+    _wait_for(node, program, ready, timeout, f"node {node.name} did not become Ready")
 
 
 def start(node: Node, program: str, *flags: str, instance: str = "") -> Agent:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from . import cluster as local
 from . import bootstrap, lock, procs, testimages, upstream_node
+from .agents import wait_node_ready
 from .procs import UpError
 from .settings import UPSTREAM_DIR, Cluster
 
@@ -135,8 +136,8 @@ def nodes_running(cluster: Cluster, agents: str):
             # Schedulable, unlike the benchmarks' node: the suite's pods are to land there.
             upstream_node.bring_up(node, {"registerWithTaints": []})
             upstream_node.start_upstream_proxy(node)
-        for node in theirs:
-            _wait_ready(node)
+        for node in theirs:  # its daemon is kubelet-<node>
+            wait_node_ready(node, timeout=180, program="kubelet")
             bootstrap.approve_serving_certificates(node)  # logs, exec, port-forward through the apiserver
         for node in ours:  # (bring_up gave them routes to the new nodes' pods)
             _kubectl(cluster, "taint", "nodes", node.name, f"{ASIDE_TAINT}=upstream-run:NoSchedule", "--overwrite")
@@ -150,26 +151,9 @@ def nodes_running(cluster: Cluster, agents: str):
 
 
 def _remove(node) -> None:
-    """The node off the host, then its Node, Lease and CSRs."""
     from lightkube import Client, KubeConfig
 
-    upstream_node.remove_node(node)
-    try:
-        upstream_node.delete_node_objects(Client(config=KubeConfig.from_file(str(node.cluster.admin_kubeconfig))),
-                                          node.name)
-    except Exception as err:  # noqa: BLE001 - the apiserver may be gone; say so and go on
-        log(f"could not delete the Node, Lease or CSRs of {node.name}: {err}")
-
-
-def _wait_ready(node, timeout: float = 180) -> None:
-    """Until the Node exists and is Ready; fail naming the kubelet's log."""
-    jsonpath = '{.status.conditions[?(@.type=="Ready")].status}'
-    deadline = time.monotonic() + timeout
-    while procs.kubectl(node.cluster, "get", "node", node.name, "-o", f"jsonpath={jsonpath}").stdout != "True":
-        if time.monotonic() > deadline or not procs.running(node.cluster, upstream_node.daemon(node)):
-            raise UpError(f"conformance: {node.name} is not Ready; see "
-                          f"{procs.log_path(node.cluster, upstream_node.daemon(node))}")
-        time.sleep(1)
+    upstream_node.remove(node, Client(config=KubeConfig.from_file(str(node.cluster.admin_kubeconfig))))
 
 
 def _kubectl(cluster: Cluster, *args: str, timeout: float = 120) -> None:

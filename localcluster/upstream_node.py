@@ -163,6 +163,13 @@ def delete_node_objects(client, name: str) -> None:
                 raise
 
 
+def remove(node: Node, client) -> None:
+    """`remove_node`, then the node's Node, Lease and CSRs (a failure there is logged: the apiserver may be gone)."""
+    remove_node(node)
+    try:
+        delete_node_objects(client, node.name)
+    except Exception as err:  # noqa: BLE001 - say so and go on
+        log(f"could not delete the Node, Lease or CSRs of {node.name}: {err}")
 
 
 def proxy_daemon(node: Node) -> str:

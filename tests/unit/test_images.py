@@ -60,16 +60,21 @@ def test_archive_is_a_valid_oci_layout_naming_every_tag(tmp_path):
     assert members["tmp"].mode == 0o1777
 
 
-def test_a_host_program_runs_on_its_own_in_an_image_root(tmp_path):
-    entries = host_program_entries("curl")
-    assert "usr/bin/curl" in {e.path for e in entries} or "bin/curl" in {e.path for e in entries}
+def _image_root(root, entries) -> None:
+    """Write `entries` below `root`, as the image's layer would unpack (chroot into it needs root)."""
     for entry in entries:
-        target = tmp_path / entry.path
+        target = root / entry.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(entry.data)
         target.chmod(entry.mode)
     if os.geteuid() != 0:
         pytest.skip("chroot needs root")
+
+
+def test_a_host_program_runs_on_its_own_in_an_image_root(tmp_path):
+    entries = host_program_entries("curl")
+    assert "usr/bin/curl" in {e.path for e in entries} or "bin/curl" in {e.path for e in entries}
+    _image_root(tmp_path, entries)
     program = next(e.path for e in entries if e.path.endswith("bin/curl"))
     out = subprocess.run(["chroot", str(tmp_path), f"/{program}", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("curl "), out.stderr
@@ -77,13 +82,7 @@ def test_a_host_program_runs_on_its_own_in_an_image_root(tmp_path):
 
 def test_the_agnhost_image_nc_is_openbsds_and_takes_the_telnet_flag(tmp_path):
     """The Service specs run `nc -v -t -w 2 <service> 80` in agnhost; busybox's nc refuses -t."""
-    if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
-    for entry in host_program_entries("nc"):
-        target = tmp_path / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(entry.data)
-        target.chmod(entry.mode)
+    _image_root(tmp_path, host_program_entries("nc"))
     out = subprocess.run(["chroot", str(tmp_path), "/usr/bin/nc", "-h"], capture_output=True, text=True)
     assert "OpenBSD netcat" in out.stderr + out.stdout
     # -t is accepted; nothing listens on port 1 of the chroot's (the host's) loopback, so it fails to connect.
@@ -106,15 +105,9 @@ def test_of_two_entries_at_one_path_the_later_is_in_the_layer(tmp_path):
 
 def test_the_glibc_dns_querier_tools_run_on_their_own_in_an_image_root(tmp_path):
     """glibc-dns-testing's dig and getent (the DNS specs' probes) carry every library they load."""
-    if os.geteuid() != 0:
-        pytest.skip("chroot needs root")
-    for entry in host_program_entries("dig", "getent"):
-        target = tmp_path / entry.path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(entry.data)
-        target.chmod(entry.mode)
-    (tmp_path / "etc").mkdir(exist_ok=True)
-    (tmp_path / "etc/nsswitch.conf").write_text("hosts: files dns\n")
+    from localcluster.testimages import NSSWITCH
+
+    _image_root(tmp_path, host_program_entries("dig", "getent") + [NSSWITCH])
     (tmp_path / "etc/hosts").write_text("10.1.2.3 querier.example\n")
     version = subprocess.run(["chroot", str(tmp_path), "/usr/bin/dig", "-v"], capture_output=True, text=True)
     assert version.returncode == 0 and "DiG 9." in version.stdout + version.stderr, version.stderr
