@@ -41,8 +41,10 @@ from lightkube import ApiError
 from lightkube.resources.core_v1 import Pod
 
 from localcluster import agents, bootstrap, containerd, network, procs
+from localcluster.cluster import delete_node_objects, remove_node
+from localcluster.cluster import node_leftovers as leftovers
 from localcluster.settings import Node
-from localcluster.upstream_node import daemon, delete_node_objects, leftovers, remove_node, start_upstream
+from localcluster.upstream_node import daemon, start_upstream
 
 from .nodes import MIB, log, machine_facts, run_beside_upstream, usage, wait_ready
 from .pod_startup import delete_namespaces, make_namespace, percentile

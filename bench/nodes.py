@@ -21,9 +21,9 @@ import psutil
 
 from localcluster import lock, procs, settings
 from localcluster import cluster as local
+from localcluster.cluster import delete_node_objects, remove_node, remove_node_and_objects
+from localcluster.cluster import node_leftovers as leftovers
 from localcluster.settings import Node
-from localcluster import upstream_node
-from localcluster.upstream_node import delete_node_objects, leftovers, remove_node
 
 MIB = 1024 * 1024
 
@@ -37,7 +37,7 @@ def cleanup(node: Node, client) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)  # let the cleanup finish
     log(f"removing {node.name}")
-    upstream_node.remove(node, client)
+    remove_node_and_objects(node, client)
 
 
 def prepare(node: Node, client) -> None:

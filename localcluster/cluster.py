@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -67,17 +68,7 @@ def up(cluster: Cluster) -> None:
         controlplane.start(cluster)
         bootstrap.apply(cluster)
         for node in cluster.nodes:
-            log(f"node {node.name}: netns {node.netns}, IP {node.ip}, pods {node.pod_cidr}")
-            network.ensure_node(node)
-            containerd.start(node)
-            containerd.import_images(node)
-            if not procs.running(cluster, f"pykubelet-{node.name}"):
-                agents.start(node, "pykubelet", *agents.kubelet_flags(node))
-            agents.wait_node_ready(node)
-            bootstrap.approve_serving_certificates(node)
-            if not procs.running(cluster, f"pyproxy-{node.name}"):
-                agents.start(node, "pyproxy", *agents.proxy_flags(node))
-            agents.wait_proxy_ready(node)
+            start_node(node)
         dns.apply(cluster, images.coredns_name(cluster))
         dns.wait(cluster)
         log(f"cluster DNS: CoreDNS behind kube-dns at {cluster.dns_service_ip}")
@@ -91,6 +82,23 @@ def up(cluster: Cluster) -> None:
         down(cluster, keep_logs=True)
         raise procs.UpError(str(err)) from err
     log(f"ready in {time.monotonic() - started:.1f}s")
+
+
+def start_node(node: Node) -> None:
+    """One pynode node of a running control plane: its namespace, containerd with the cluster's images, pykubelet
+    (Ready, serving certificate approved) and pyproxy; what already runs is kept."""
+    cluster = node.cluster
+    log(f"node {node.name}: netns {node.netns}, IP {node.ip}, pods {node.pod_cidr}")
+    network.ensure_node(node)
+    containerd.start(node)
+    containerd.import_images(node)
+    if not procs.running(cluster, f"pykubelet-{node.name}"):
+        agents.start(node, "pykubelet", *agents.kubelet_flags(node))
+    agents.wait_node_ready(node)
+    bootstrap.approve_serving_certificates(node)
+    if not procs.running(cluster, f"pyproxy-{node.name}"):
+        agents.start(node, "pyproxy", *agents.proxy_flags(node))
+    agents.wait_proxy_ready(node)
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -158,6 +166,60 @@ def down(cluster: Cluster, keep_logs: bool = False) -> None:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         if not keep_logs:
             cluster.state.rmdir()
+
+
+def node_leftovers(node: Node) -> bool:
+    """Whether `node` (one a run adds and removes again) left a directory, a namespace or a daemon behind."""
+    return (node.dir.exists() or network.netns_exists(node.netns)
+            or any(name.endswith(f"-{node.name}") for name in procs.daemons(node.cluster)))
+
+
+def remove_node(node: Node) -> None:
+    """Stop one local node and remove what it put on the host: `down`, for one node (idempotent)."""
+    cluster = node.cluster
+    for name in procs.daemons(cluster):
+        if name.endswith(f"-{node.name}") and name != f"containerd-{node.name}":
+            procs.stop(cluster, name)
+    containerd.stop(node)
+    procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(cgroups.recorded_dirs(node.dir)))), grace=0)
+    procs.kill_and_wait(network.pids_in(node.netns), grace=5)
+    unmount_all(node.dir)  # the pods' mounts, then the kubelet root dir share_root bound onto itself
+    network.remove_node(node)
+    stuck = cgroups.remove([node.dir])
+    if stuck:
+        log(f"could not remove cgroups (still in use?): {' '.join(map(str, stuck))}")
+    shutil.rmtree(node.dir, ignore_errors=True)
+
+
+def delete_node_objects(client, name: str) -> None:
+    """Delete the Node, its Lease and the CSRs of its client certificates."""
+    from cryptography import x509
+    from lightkube import ApiError
+    from lightkube.resources.certificates_v1 import CertificateSigningRequest
+    from lightkube.resources.coordination_v1 import Lease
+    from lightkube.resources.core_v1 import Node as NodeResource
+
+    doomed = [(NodeResource, name, None), (Lease, name, "kube-node-lease")]
+    for csr in client.list(CertificateSigningRequest):
+        request = x509.load_pem_x509_csr(base64.b64decode(csr.spec.request))
+        names = request.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+        if names and names[0].value == f"system:node:{name}":
+            doomed.append((CertificateSigningRequest, csr.metadata.name, None))
+    for resource, object_name, namespace in doomed:
+        try:
+            client.delete(resource, object_name, **({"namespace": namespace} if namespace else {}))
+        except ApiError as err:
+            if err.status.code != 404:
+                raise
+
+
+def remove_node_and_objects(node: Node, client) -> None:
+    """`remove_node`, then the node's Node, Lease and CSRs (a failure there is logged: the apiserver may be gone)."""
+    remove_node(node)
+    try:
+        delete_node_objects(client, node.name)
+    except Exception as err:  # noqa: BLE001 - say so and go on
+        log(f"could not delete the Node, Lease or CSRs of {node.name}: {err}")
 
 
 def env_lines(cluster: Cluster) -> str:

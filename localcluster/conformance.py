@@ -10,11 +10,12 @@ output (`ginkgo.log`), `report.json`, `junit.xml` and `summary.md`.
 The summary counts specs per sig (the `[sig-…]` tag of the spec's text) and lists
 each failed spec with the first line of its failure.
 
+The suite runs on two nodes (SUITE_NODES): a cluster with one pynode node gets a second for the run.
 `agents="upstream"` runs the same suite, images and cluster shape on nodes that run the upstream
-kubelet and kube-proxy of the same version instead (localcluster/upstream_node.py): as many such
-nodes as the cluster has pynode nodes are added for the run, the pynode nodes get a NoSchedule
-taint the suite is told to ignore (so its pods all land on the upstream nodes), and afterwards the
-taint and the added nodes go again. A spec that fails there too is a gap of the harness, not of pynode.
+kubelet and kube-proxy of the same version instead (localcluster/upstream_node.py): that many such
+nodes are added for the run, the pynode nodes get a NoSchedule taint the suite is told to ignore
+(so its pods all land on the upstream nodes), and afterwards the taint and the added nodes go
+again. A spec that fails there too is a gap of the harness, not of pynode.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ DEFAULT_PROCS = 4
 # ginkgo's states, folded into the three the summary counts.
 FAILED_STATES = {"failed", "panicked", "timedout", "interrupted", "aborted"}
 AGENTS = ("pynode", "upstream")
+# The suite's multi-node specs ("at least two untainted nodes", DaemonSet rollback, pod anti-affinity) need two.
+SUITE_NODES = 2
 # On pynode's nodes while the suite runs on upstream's: keeps its pods off them (its node listings skip them too).
 ASIDE_TAINT = "pynode.dev/conformance"
 
@@ -56,6 +59,7 @@ def build(cluster: Cluster) -> None:
     proc = subprocess.run([str(BUILD_SCRIPT)], env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
     if proc.returncode != 0:
         raise UpError(f"conformance: the suite's build failed (exit {proc.returncode}); its output is above")
+    testimages.build_programs(cluster)
 
 
 def prepare_images(cluster: Cluster) -> list[str]:
@@ -119,33 +123,39 @@ def run(cluster: Cluster, focus: str = DEFAULT_FOCUS, skip: str = "", processes:
 def nodes_running(cluster: Cluster, agents: str):
     """(the cluster's settings for the run, the names of the nodes the suite runs its pods on).
 
-    For `upstream`: adds that many nodes with the upstream kubelet and kube-proxy and sets pynode's aside
-    (ASIDE_TAINT) for the run; afterwards the taint and the added nodes go, also after an error or Ctrl-C."""
-    if agents == "pynode":
-        yield cluster, [node.name for node in cluster.nodes]
-        return
+    The suite runs on SUITE_NODES nodes at least. For `pynode`, pynode nodes are added up to that many (a cluster
+    that has them already is used as it is); for `upstream`, as many nodes with the upstream kubelet and
+    kube-proxy are added and pynode's are set aside (ASIDE_TAINT). Afterwards the added nodes and the taint go
+    again, also after an error or Ctrl-C."""
     count = len(cluster.nodes)
-    wide = dataclasses.replace(cluster, node_count=2 * count)
-    ours, theirs = wide.nodes[:count], wide.nodes[count:]
+    added = max(SUITE_NODES - count, 0) if agents == "pynode" else max(SUITE_NODES, count)
+    wide = dataclasses.replace(cluster, node_count=count + added)
+    ours, extra = wide.nodes[:count], wide.nodes[count:]
+    aside = ours if agents == "upstream" else ()
     try:
-        for node in theirs:
-            if upstream_node.leftovers(node):
+        for node in extra:
+            if local.node_leftovers(node):
                 log(f"removing the {node.name} an earlier run left behind")
                 _remove(node)
-            log(f"bringing up {node.name} with the upstream kubelet and kube-proxy")
+            if agents == "pynode":
+                log(f"adding {node.name} with pykubelet and pyproxy for the run")
+                local.start_node(node)
+                continue
+            log(f"adding {node.name} with the upstream kubelet and kube-proxy for the run")
             # Schedulable, unlike the benchmarks' node: the suite's pods are to land there.
             upstream_node.bring_up(node, {"registerWithTaints": []})
             upstream_node.start_upstream_proxy(node)
-        for node in theirs:  # its daemon is kubelet-<node>
-            wait_node_ready(node, timeout=180, program="kubelet")
-            bootstrap.approve_serving_certificates(node)  # logs, exec, port-forward through the apiserver
-        for node in ours:  # (bring_up gave them routes to the new nodes' pods)
+        if agents == "upstream":
+            for node in extra:  # its daemon is kubelet-<node>
+                wait_node_ready(node, timeout=180, program="kubelet")
+                bootstrap.approve_serving_certificates(node)  # logs, exec, port-forward through the apiserver
+        for node in aside:  # (bring_up gave them routes to the new nodes' pods)
             _kubectl(cluster, "taint", "nodes", node.name, f"{ASIDE_TAINT}=upstream-run:NoSchedule", "--overwrite")
-        yield wide, [node.name for node in theirs]
+        yield wide, [node.name for node in (extra if aside else wide.nodes)]
     finally:
-        for node in ours:
+        for node in aside:
             procs.kubectl(cluster, "taint", "nodes", node.name, f"{ASIDE_TAINT}-")
-        for node in theirs:
+        for node in extra:
             log(f"removing {node.name}")
             _remove(node)
 
@@ -153,7 +163,7 @@ def nodes_running(cluster: Cluster, agents: str):
 def _remove(node) -> None:
     from lightkube import Client, KubeConfig
 
-    upstream_node.remove(node, Client(config=KubeConfig.from_file(str(node.cluster.admin_kubeconfig))))
+    local.remove_node_and_objects(node, Client(config=KubeConfig.from_file(str(node.cluster.admin_kubeconfig))))
 
 
 def _kubectl(cluster: Cluster, *args: str, timeout: float = 120) -> None:

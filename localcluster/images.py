@@ -49,6 +49,7 @@ class Image:
     env: list[str] = field(default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
     workdir: str = ""
     user: str = ""
+    stop_signal: str = ""  # what containerd stops the container with; SIGTERM when empty
 
 
 def _layer(entries: list[Entry]) -> bytes:
@@ -107,7 +108,8 @@ def build(image: Image, out_dir: Path) -> Path:
         "architecture": "amd64",
         "os": "linux",
         "config": {"Env": image.env, "Entrypoint": image.entrypoint or None, "Cmd": image.cmd or None,
-                   "WorkingDir": image.workdir, "User": image.user},
+                   "WorkingDir": image.workdir, "User": image.user,
+                   **({"StopSignal": image.stop_signal} if image.stop_signal else {})},
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
         "history": [{"created_by": "pynode localcluster/images.py"}],
     }
@@ -262,15 +264,18 @@ def busybox_entries(cluster: Cluster, passwd: str = "", group: str = "") -> list
     return entries
 
 
-def host_program_entries(*programs: str) -> list[Entry]:
+def host_program_entries(*programs: str, unpacked: tuple[tuple[str, Path], ...] = ()) -> list[Entry]:
     """This host's dynamically linked programs with every library `ldd` names (and the loader), at the same
-    paths: for tools with no static build in Debian (curl), which the e2e images carry."""
-    files: dict[str, Path] = {}
+    paths: for tools with no static build in Debian (curl), which the e2e images carry. `unpacked` adds
+    (path in the image, file) pairs of programs unpacked from a package of the host's release (debian.py), with
+    the host's libraries they link."""
+    files: dict[str, Path] = dict(unpacked)
     for program in programs:
         path = shutil.which(program)
         if not path:
             raise UpError(f"images: {program} is missing on this host (see APT_PACKAGES in the Makefile)")
         files[path] = Path(path)
+    for path in list(files.values()):
         ldd = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
         for line in ldd.splitlines():
             match = re.search(r"(/\S+) \(0x", line)

@@ -5,22 +5,25 @@ No registry is reachable, so `make conformance` builds each image the suite list
 node; an image with no recipe is named in a clear line before the run, since a
 spec that needs it can only fail on ImagePullBackOff. Recipes follow the
 Dockerfiles under test/images in the pinned Kubernetes module: same entrypoint,
-users, files and ports, with the programs built from the same Go module and the
-shell tools from upstream's busybox (busybox.py) and this host's curl, nc, dig and getent instead of Alpine's
-or Debian's packages.
+users, files and ports, with the programs built from the same Go module (or their own
+module's recipe: sample-apiserver, etcd), the shell tools from upstream's busybox (busybox.py)
+and this host's curl, nc, dig and getent instead of Alpine's or Debian's packages, and nginx
+from Debian's package for this host's release.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import images
+from . import debian, images
 from .images import Entry, Image
 from .procs import UpError
-from .settings import Cluster
+from .settings import UPSTREAM_DIR, Cluster
 
 E2E_REGISTRY = "registry.k8s.io/e2e-test-images"
 
@@ -28,8 +31,7 @@ E2E_REGISTRY = "registry.k8s.io/e2e-test-images"
 def _version_of(cluster: Cluster, image_id: str, image: str) -> str:
     """The tag test/utils/image/manifest.go gives an e2e image (by its ImageID) at the pinned version."""
     text = (images._module_dir(cluster) / "test/utils/image/manifest.go").read_text()
-    match = re.search(rf'configs\[{image_id}\] = Config\{{list\.PromoterE2eRegistry, "{re.escape(image)}", "([^"]+)"\}}',
-                      text)
+    match = re.search(rf'configs\[{image_id}\] = Config\{{list\.\w+, "{re.escape(image)}", "([^"]+)"\}}', text)
     if not match:
         raise UpError(f"testimages: no {image_id} ({image!r}) in test/utils/image/manifest.go of Kubernetes "
                       f"{cluster.version}")
@@ -111,6 +113,114 @@ def glibc_dns_testing_image(cluster: Cluster) -> Image:
                         f"{_version_of(cluster, 'GlibcDnsTesting', 'glibc-dns-testing')}"], entries=entries, cmd=["sh"])
 
 
+# Images whose program has a Go module recipe of its own (localcluster/upstream/<recipe>/build.sh).
+RECIPES = ("sample-apiserver", "etcd")
+
+
+def build_programs(cluster: Cluster) -> None:
+    """Build the programs of RECIPES into the cache (seconds when cached; minutes cold)."""
+    for recipe in RECIPES:
+        proc = subprocess.run([str(UPSTREAM_DIR / recipe / "build.sh")],
+                              env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
+        if proc.returncode != 0:
+            raise UpError(f"testimages: the {recipe} build failed (exit {proc.returncode}); its output is above")
+
+
+def _recipe_program(cluster: Cluster, recipe: str) -> bytes:
+    proc = subprocess.run([str(UPSTREAM_DIR / recipe / "build.sh"), "--bin-dir"], capture_output=True, text=True,
+                          env={**os.environ, "PYNODE_CACHE": str(cluster.cache)}, check=True)
+    binary = Path(proc.stdout.strip()) / recipe
+    if not binary.is_file():
+        raise UpError(f"testimages: {binary} is missing; run localcluster/upstream/{recipe}/build.sh first")
+    return binary.read_bytes()
+
+
+def sample_apiserver_image(cluster: Cluster) -> Image:
+    """The Aggregator spec's extension API server: /sample-apiserver as its ENTRYPOINT, on busybox (upstream's
+    is on Alpine), built from k8s.io/sample-apiserver at the pinned release."""
+    entries = images.busybox_entries(cluster) + [Entry("sample-apiserver", _recipe_program(cluster,
+                                                                                           "sample-apiserver"))]
+    return Image(names=[f"{E2E_REGISTRY}/sample-apiserver:{_version_of(cluster, 'APIServer', 'sample-apiserver')}"],
+                 entries=entries, entrypoint=["/sample-apiserver"])
+
+
+def etcd_image(cluster: Cluster) -> Image:
+    """registry.k8s.io/etcd as the Aggregator spec runs it (`/usr/local/bin/etcd --listen-client-urls …`, data in
+    the working directory /): the static etcd of the tag's release and nothing else, as upstream's distroless
+    image, plus /tmp."""
+    tag = _version_of(cluster, "Etcd", "etcd")
+    entries = [Entry("usr/local/bin/etcd", _recipe_program(cluster, "etcd")), Entry("tmp", mode=0o1777),
+               Entry("etc/passwd", b"root:x:0:0:root:/root:/sbin/nologin\n", 0o644)]
+    return Image(names=[f"registry.k8s.io/etcd:{tag}"], entries=entries, entrypoint=["/usr/local/bin/etcd"],
+                 workdir="/")
+
+
+NGINX_CONF = textwrap.dedent("""\
+    user nginx;
+    worker_processes auto;
+    pid /run/nginx.pid;
+    events {
+        worker_connections 1024;
+    }
+    http {
+        include /etc/nginx/mime.types;
+        default_type application/octet-stream;
+        access_log /dev/stdout;
+        error_log stderr notice;
+        sendfile on;
+        keepalive_timeout 65;
+        include /etc/nginx/conf.d/*.conf;
+    }
+    """).encode()
+NGINX_SERVER = textwrap.dedent("""\
+    server {
+        listen 80;
+        server_name localhost;
+        location / {
+            root /usr/share/nginx/html;
+            index index.html index.htm;
+        }
+        error_page 500 502 503 504 /50x.html;
+        location = /50x.html {
+            root /usr/share/nginx/html;
+        }
+    }
+    """).encode()
+NGINX_PAGE = (b"<!DOCTYPE html>\n<html>\n<head><title>Welcome to nginx!</title></head>\n"
+              b"<body>\n<h1>Welcome to nginx!</h1>\n</body>\n</html>\n")
+
+
+def host_release() -> str:
+    """This host's Debian release (its VERSION_CODENAME): packages unpacked from it link the host's libraries."""
+    for line in Path("/etc/os-release").read_text().splitlines():
+        if line.startswith("VERSION_CODENAME="):
+            return line.split("=", 1)[1].strip('"')
+    raise UpError("testimages: /etc/os-release names no VERSION_CODENAME; is this Debian?")
+
+
+def nginx_image(cluster: Cluster) -> Image:
+    """nginx, under both names the suite uses (Nginx and NginxNew), as its Dockerfile's base (the official image)
+    serves: port 80, the default page under /usr/share/nginx/html, workers as user nginx (101), the access log on
+    stdout and errors on stderr, CMD `nginx -g 'daemon off;'` and STOPSIGNAL SIGQUIT. The nginx program is
+    Debian's for this host's release, unpacked and never installed (debian.py), with mime.types from
+    nginx-common; busybox gives the shell and the rest. The suite only needs a web server that answers on 80."""
+    release = host_release()
+    program = debian.unpacked(cluster, release, "nginx") / "usr/sbin/nginx"
+    mime_types = debian.unpacked(cluster, release, "nginx-common") / "etc/nginx/mime.types"
+    entries = images.busybox_entries(cluster, passwd="nginx:x:101:101:nginx:/var/cache/nginx:/sbin/nologin\n",
+                                     group="nginx:x:101:nginx\n")
+    entries += images.host_program_entries(unpacked=(("/usr/sbin/nginx", program),)) + [NSSWITCH]
+    entries += [
+        Entry("etc/nginx/nginx.conf", NGINX_CONF, 0o644), Entry("etc/nginx/mime.types", mime_types.read_bytes(), 0o644),
+        Entry("etc/nginx/conf.d/default.conf", NGINX_SERVER, 0o644),
+        Entry("usr/share/nginx/html/index.html", NGINX_PAGE, 0o644),
+        Entry("usr/share/nginx/html/50x.html", b"<html><body><h1>An error occurred.</h1></body></html>\n", 0o644),
+        Entry("var/lib/nginx"), Entry("var/cache/nginx"), Entry("var/lock"), Entry("run"),
+    ]
+    names = [f"{E2E_REGISTRY}/nginx:{_version_of(cluster, image_id, 'nginx')}" for image_id in ("Nginx", "NginxNew")]
+    return Image(names=names, entries=entries, cmd=["nginx", "-g", "daemon off;"], stop_signal="SIGQUIT")
+
+
 BUILDERS: dict[str, Callable[[Cluster], Image]] = {
     "agnhost": agnhost_image,
     "kitten": lambda cluster: _web_image(cluster, "kitten"),
@@ -118,6 +228,9 @@ BUILDERS: dict[str, Callable[[Cluster], Image]] = {
     "nonewprivs": nonewprivs_image,
     "nonroot": nonroot_image,
     "glibc-dns-testing": glibc_dns_testing_image,
+    "nginx": nginx_image,
+    "sample-apiserver": sample_apiserver_image,
+    "etcd": etcd_image,
     **images.CATALOG,
 }
 

@@ -3,15 +3,13 @@
 For the benchmarks (pykubelet against the upstream kubelet, side by side) and the conformance harness's
 `--agents upstream` run. `bring_up` gives the node its own network namespace, cgroup and containerd with
 the cluster's images, and starts the upstream kubelet with exactly pykubelet's flags and
-KubeletConfiguration plus the few settings it needs in this sandbox; `remove_node` takes it all away
-again, and `delete_node_objects` its Node, Lease and CSRs.
+KubeletConfiguration plus the few settings it needs in this sandbox; cluster.remove_node takes it all away
+again, and cluster.delete_node_objects its Node, Lease and CSRs.
 """
 
 from __future__ import annotations
 
-import base64
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +17,6 @@ from pathlib import Path
 import yaml
 
 from . import agents, cgroups, containerd, network, procs
-from . import cluster as local
 from .settings import Node
 
 # The host-wide sysctls the upstream kubelet insists on (setupKernelTunables in
@@ -118,58 +115,6 @@ def bring_up(node: Node, extra: dict | None = None) -> None:
     containerd.start(node)
     containerd.import_images(node)
     start_upstream(node, extra)
-
-
-def leftovers(node: Node) -> bool:
-    return node.dir.exists() or network.netns_exists(node.netns) or bool(procs.running(node.cluster, daemon(node)))
-
-
-def remove_node(node: Node) -> None:
-    """Stop one local node and remove what it put on the host: `down`, for one node (idempotent)."""
-    cluster = node.cluster
-    for name in procs.daemons(cluster):
-        if name.endswith(f"-{node.name}") and name != f"containerd-{node.name}":
-            procs.stop(cluster, name)
-    containerd.stop(node)
-    procs.kill_and_wait(sorted(procs.with_descendants(cgroups.pids(cgroups.recorded_dirs(node.dir)))), grace=0)
-    procs.kill_and_wait(network.pids_in(node.netns), grace=5)
-    local.unmount_all(node.dir)  # the pods' mounts, then the kubelet root dir share_root bound onto itself
-    network.remove_node(node)
-    stuck = cgroups.remove([node.dir])
-    if stuck:
-        log(f"could not remove cgroups (still in use?): {' '.join(map(str, stuck))}")
-    shutil.rmtree(node.dir, ignore_errors=True)
-
-
-def delete_node_objects(client, name: str) -> None:
-    """Delete the Node, its Lease and the CSRs of its client certificates."""
-    from cryptography import x509
-    from lightkube import ApiError
-    from lightkube.resources.certificates_v1 import CertificateSigningRequest
-    from lightkube.resources.coordination_v1 import Lease
-    from lightkube.resources.core_v1 import Node as NodeResource
-
-    doomed = [(NodeResource, name, None), (Lease, name, "kube-node-lease")]
-    for csr in client.list(CertificateSigningRequest):
-        request = x509.load_pem_x509_csr(base64.b64decode(csr.spec.request))
-        names = request.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        if names and names[0].value == f"system:node:{name}":
-            doomed.append((CertificateSigningRequest, csr.metadata.name, None))
-    for resource, object_name, namespace in doomed:
-        try:
-            client.delete(resource, object_name, **({"namespace": namespace} if namespace else {}))
-        except ApiError as err:
-            if err.status.code != 404:
-                raise
-
-
-def remove(node: Node, client) -> None:
-    """`remove_node`, then the node's Node, Lease and CSRs (a failure there is logged: the apiserver may be gone)."""
-    remove_node(node)
-    try:
-        delete_node_objects(client, node.name)
-    except Exception as err:  # noqa: BLE001 - say so and go on
-        log(f"could not delete the Node, Lease or CSRs of {node.name}: {err}")
 
 
 def proxy_daemon(node: Node) -> str:

@@ -123,3 +123,47 @@ def test_an_exact_focus_escapes_what_re2_would_read_and_leaves_spaces():
     assert focus == (r'\[sig-node\] Pods should get a host IP \[NodeConformance\] \[Conformance\]|'
                      r'Probing container should \*not\* be restarted with a exec "cat /tmp/health" probe')
     assert re.fullmatch(focus, "[sig-node] Pods should get a host IP [NodeConformance] [Conformance]")
+
+
+class _NodeSteps:
+    """Records what nodes_running does to nodes, in place of starting and removing them."""
+
+    def __init__(self, monkeypatch):
+        self.steps: list[tuple[str, str]] = []
+        monkeypatch.setattr(conformance.local, "node_leftovers", lambda node: False)
+        monkeypatch.setattr(conformance.local, "start_node", lambda node: self.steps.append(("pynode", node.name)))
+        monkeypatch.setattr(conformance.upstream_node, "bring_up",
+                            lambda node, extra: self.steps.append(("upstream", node.name)))
+        monkeypatch.setattr(conformance.upstream_node, "start_upstream_proxy", lambda node: None)
+        monkeypatch.setattr(conformance, "wait_node_ready", lambda node, **kw: None)
+        monkeypatch.setattr(conformance.bootstrap, "approve_serving_certificates", lambda node: None)
+        monkeypatch.setattr(conformance, "_kubectl", lambda c, *args, **kw: self.steps.append(("kubectl", args[2])))
+        monkeypatch.setattr(conformance.procs, "kubectl",
+                            lambda c, *args, **kw: self.steps.append(("untaint", args[2])))
+        monkeypatch.setattr(conformance, "_remove", lambda node: self.steps.append(("remove", node.name)))
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_the_suite_runs_on_two_pynode_nodes_and_a_second_added_for_the_run_goes_afterwards(monkeypatch, count):
+    import dataclasses
+
+    from localcluster import settings
+
+    steps = _NodeSteps(monkeypatch)
+    cluster = dataclasses.replace(settings.load(), node_count=count)
+    with conformance.nodes_running(cluster, "pynode") as (wide, names):
+        assert names == ["pynode-n1", "pynode-n2"] and len(wide.nodes) == 2
+        assert steps.steps == ([("pynode", "pynode-n2")] if count == 1 else [])
+    assert steps.steps[1:] == ([("remove", "pynode-n2")] if count == 1 else [])
+
+
+def test_on_upstream_agents_as_many_nodes_are_added_and_pynodes_set_aside_until_the_run_ends(monkeypatch):
+    from localcluster import settings
+
+    steps = _NodeSteps(monkeypatch)
+    with pytest.raises(RuntimeError, match="the suite broke"):
+        with conformance.nodes_running(settings.load(), "upstream") as (wide, names):
+            assert names == ["pynode-n2", "pynode-n3"] and len(wide.nodes) == 3
+            raise RuntimeError("the suite broke")
+    assert steps.steps == [("upstream", "pynode-n2"), ("upstream", "pynode-n3"), ("kubectl", "pynode-n1"),
+                           ("untaint", "pynode-n1"), ("remove", "pynode-n2"), ("remove", "pynode-n3")]
