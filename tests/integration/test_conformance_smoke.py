@@ -1,5 +1,5 @@
-"""A conformance smoke: upstream [Conformance] specs pynode passes (sig-node, sig-storage and sig-network), fast
-ones, run by the real e2e suite.
+"""A conformance smoke: upstream [Conformance] specs pynode passes (sig-node, sig-storage, sig-network and two
+that check the harness's own images), fast ones, run by the real e2e suite.
 
 `make conformance` is the measurement; this keeps what it found passing from regressing in CI. Each spec
 here takes seconds on one pynode node; the whole run (suite build cached) well under a minute.
@@ -97,6 +97,10 @@ SPECS = [
     "[sig-network] Services should be able to create a functioning NodePort service [Conformance]",
     "[sig-network] Services should have session affinity work for service with type clusterIP [LinuxOnly] "
     "[Conformance]",
+    # the nginx image; sample-apiserver and etcd, reached by the apiserver through the host's route to the pod
+    "[sig-apps] ReplicationController should test the lifecycle of a ReplicationController [Conformance]",
+    "[sig-api-machinery] Aggregator Should be able to support the 1.17 Sample API Server using the current "
+    "Aggregator [LinuxOnly] [Conformance]",
 ]
 
 
