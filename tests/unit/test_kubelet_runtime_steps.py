@@ -125,3 +125,27 @@ def test_old_containers_and_emptied_sandboxes_of_a_live_pod_are_removed_across_s
     asyncio.run(manager._prune(rt))
     # web-0 is the third of its name: it goes, and with it the sandbox it kept; sb2 holds lastState's web-1.
     assert manager.cri.removed == ["web-0", "sb1", "sb0"]
+
+
+def test_while_a_pods_volumes_fail_to_mount_its_containers_wait_with_the_pods_not_started_reason():
+    """Upstream only records the FailedMount Event; the status keeps the default waiting reason, PodInitializing
+    for every container of a pod with init containers (the InitContainer specs check it from the first status)."""
+    from pykubelet.pods import podstatus
+    from pykubelet.volumes import MountProblem
+
+    class _Failing(_Volumes):
+        async def setup(self, pod):
+            raise MountProblem([("kube-api-access", 'configmap "kube-root-ca.crt" not registered')])
+
+    for init, reason in (([{"name": "init1", "image": "busybox"}], "PodInitializing"), ([], "ContainerCreating")):
+        pod = {"metadata": {"name": "p", "namespace": "ns", "uid": "u1"},
+               "spec": {"restartPolicy": "Never", "initContainers": init,
+                        "containers": [{"name": "run1", "image": "busybox"}]}}
+        manager = _manager([])
+        manager.volumes = _Failing()
+        facts = Facts(node_ip="10.0.0.2")
+        assert asyncio.run(manager.sync(pod, PodRuntime(sandboxes=[], containers=[]), facts, set())) == 10.0
+        status = podstatus.compute(pod, PodRuntime(sandboxes=[], containers=[]), facts)
+        waiting = [s["state"]["waiting"]["reason"]
+                   for s in status.get("initContainerStatuses", []) + status["containerStatuses"]]
+        assert waiting == [reason] * (len(init) + 1)

@@ -25,7 +25,7 @@ from .backoff import Backoff
 from .events import NORMAL, WARNING, Recorder
 from .podcgroups import PodCgroups
 from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime
-from .podstatus import Facts
+from .podstatus import Facts, not_started_reason
 from .. import handlers
 from ..volumes import MountProblem, VolumeManager, pod_dir, subpaths
 
@@ -446,7 +446,7 @@ class RuntimeManager:
                 self.events.record(pod, WARNING, "FailedMount",
                                    f'MountVolume.SetUp failed for volume "{name}" : {message}')
             for container in spec.get("initContainers", []) + spec.get("containers", []):
-                facts.waiting.setdefault(container["name"], ("ContainerCreating", ""))
+                facts.waiting.setdefault(container["name"], (not_started_reason(spec), ""))
             return 10.0
 
         sandbox = rt.sandbox

@@ -156,13 +156,18 @@ def _condition(kind: str, ok: bool, previous: dict, reason: str = "", message: s
     return condition
 
 
+def not_started_reason(spec: dict) -> str:
+    """The waiting reason of a container not created yet: as upstream, PodInitializing for every container of a
+    pod with init containers, else ContainerCreating."""
+    return "PodInitializing" if spec.get("initContainers") else "ContainerCreating"
+
+
 def compute(pod: dict, rt: PodRuntime, facts: Facts) -> dict:
     spec = pod["spec"]
     old = pod.get("status") or {}
     previous = {c["type"]: c for c in old.get("conditions") or []}
     init_specs = spec.get("initContainers", [])
-    # As upstream, a pod with init containers shows PodInitializing for every container not created yet.
-    not_started = "PodInitializing" if init_specs else "ContainerCreating"
+    not_started = not_started_reason(spec)
     init_statuses = [container_status(c, rt, facts, not_started=not_started) for c in init_specs]
     for status, container in zip(init_statuses, init_specs):
         if not _is_sidecar(container):
