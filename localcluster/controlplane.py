@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import shutil
 import ssl
+import sys
 import urllib.request
 
 from . import procs
 from .settings import Cluster
 
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+
+
+def log(msg: str) -> None:
+    print(f"[localcluster] {msg}", file=sys.stderr, flush=True)
 
 
 def get(url: str, *, ca: str | None = None, cert: tuple[str, str] | None = None, timeout: float = 3) -> tuple[int, str]:
@@ -55,6 +60,10 @@ def _argv(cluster: Cluster, name: str) -> list[str]:
             f"--peer-key-file={pki / 'etcd/peer.key'}",
             f"--peer-trusted-ca-file={pki / 'etcd/ca.crt'}",
             "--snapshot-count=10000",
+            # kubeadm's watch-progress-notify-interval=5s (etcd 3.4 names it experimental): without it etcd tells
+            # the apiserver's watch cache that a quiet resource has reached a revision only every 10 minutes, so
+            # a watch from a newer resourceVersion waits, fails with "Too large resource version" and closes.
+            "--experimental-watch-progress-notify-interval=5s",
         ]
     if name == "kube-apiserver":
         return [
@@ -145,8 +154,15 @@ def healthy(cluster: Cluster, name: str) -> bool:
 
 
 def start(cluster: Cluster) -> None:
+    """Start each component that is not running; one that runs with other flags than this checkout gives it (a
+    cluster brought up before an update) is restarted with them."""
     for name in COMPONENTS:
-        procs.start(cluster, name, _argv(cluster, name), ports=_ports(cluster, name))
+        argv = _argv(cluster, name)
+        pid = procs.running(cluster, name)
+        if pid and procs.command_line(pid) not in (argv, None):
+            log(f"restarting {name}: its flags differ from this checkout's")
+            procs.stop(cluster, name)
+        procs.start(cluster, name, argv, ports=_ports(cluster, name))
         procs.wait_healthy(cluster, name, lambda name=name: healthy(cluster, name), timeout=90)
 
 

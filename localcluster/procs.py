@@ -91,6 +91,15 @@ def running(cluster: Cluster, name: str) -> int | None:
     return pid
 
 
+def command_line(pid: int) -> list[str] | None:
+    """The argv a process runs with, or None if it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.decode(errors="replace").split("\0")[:-1]
+
+
 def daemons(cluster: Cluster) -> list[str]:
     """Names of the daemons that have a pidfile."""
     return sorted(p.stem for p in cluster.run.glob("*.pid")) if cluster.run.is_dir() else []

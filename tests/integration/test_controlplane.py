@@ -105,3 +105,29 @@ def test_a_csr_made_with_the_bootstrap_token_is_approved_and_signed(cluster):
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "system:nodes"
     ca = x509.load_pem_x509_certificate((cluster.pki / "ca.crt").read_bytes())
     cert.verify_directly_issued_by(ca)
+
+
+def test_a_quiet_resources_watch_cache_reaches_a_fresh_resource_version(cluster):
+    """etcd tells the apiserver's watch cache every 5 s how far a quiet resource has come (kubeadm's
+    watch-progress-notify-interval); with etcd's default of 10 minutes, a list or watch from a newer
+    resourceVersion of a type that has not changed fails with "Too large resource version" (the e2e suite's watch
+    specs saw their watches close)."""
+    from localcluster import procs
+
+    name = f"rv-probe-{time.monotonic_ns()}"
+    made = procs.kubectl(cluster, "create", "configmap", name, "-n", "default",
+                         "-o", "jsonpath={.metadata.resourceVersion}")
+    assert made.returncode == 0, made.stderr
+    try:
+        path = (f"/apis/scheduling.k8s.io/v1/priorityclasses?resourceVersion={made.stdout}"
+                "&resourceVersionMatch=NotOlderThan")
+        deadline, answers = time.monotonic() + 20, []
+        while time.monotonic() < deadline:
+            got = procs.kubectl(cluster, "get", "--raw", path)
+            if got.returncode == 0:
+                break
+            answers.append(got.stderr.strip())
+        assert got.returncode == 0, answers[-3:]
+        assert int(json.loads(got.stdout)["metadata"]["resourceVersion"]) >= int(made.stdout)
+    finally:
+        procs.kubectl(cluster, "delete", "configmap", name, "-n", "default", "--wait=false")
