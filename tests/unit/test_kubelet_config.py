@@ -12,6 +12,7 @@ from pykubelet.config.kubeletconfig import (
     ConfigError,
     KubeletConfig,
     Taint,
+    format_byte_size,
     format_duration,
     parse,
     parse_duration,
@@ -238,6 +239,15 @@ def test_customized_config_file_durations_quantities_and_taints(tmp_path):
     assert config.eviction_hard == {"memory.available": "200Mi"}  # replaces the defaults
     assert config.register_with_taints == [
         Taint("dedicated", "infra", "NoSchedule"), Taint("node.example.com/gpu", "", "PreferNoSchedule")]
+
+
+def test_configz_writes_sizes_as_quantity_strings_as_upstream(tmp_path):
+    # /configz: the node e2e suite decodes it into upstream's KubeletConfiguration, where a size is a string.
+    effective = parse(["--config", str(config_file(tmp_path, CUSTOMIZED))]).effective
+    assert effective["containerLogMaxSize"] == "50Mi"
+    assert parse([]).effective["containerLogMaxSize"] == "10Mi"
+    assert [format_byte_size(n) for n in (0, 1000, 1024, 3 * 2**30, 2**30 + 1)] == [
+        "0", "1000", "1Ki", "3Gi", "1073741825"]
 
 
 def test_merge_default_eviction_settings(tmp_path):

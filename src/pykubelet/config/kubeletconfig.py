@@ -389,6 +389,16 @@ def _byte_size(value: Any) -> int:
     return math.ceil(size)
 
 
+def format_byte_size(size: int) -> str:
+    """Bytes as a Kubernetes quantity, as upstream's configz writes one: the largest binary suffix that divides
+    it exactly (10485760 -> "10Mi"), else plain digits."""
+    for power, suffix in ((6, "Ei"), (5, "Pi"), (4, "Ti"), (3, "Gi"), (2, "Mi"), (1, "Ki")):
+        unit = 1024 ** power
+        if size and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
 def _string_map(value: Any) -> dict[str, str]:
     _expect(value, dict, "a mapping of strings")
     for key, item in value.items():
@@ -923,6 +933,8 @@ def _effective(values: dict[str, Any]) -> dict[str, Any]:
         value = values[field.key]
         if field.kind.shape == "duration":
             value = format_duration(value)
+        elif field.kind is _byte_size:  # a quantity string in the file and in upstream's JSON, never a number
+            value = format_byte_size(value)
         elif isinstance(value, Path):
             value = str(value)
         elif isinstance(value, list):
