@@ -4,7 +4,8 @@
 #
 #   build.sh              e2e.test (go test -c k8s.io/kubernetes/test/e2e), ginkgo, and the programs
 #                         of the test images: agnhost and nnp (the nonewprivs image's)
-#   build.sh e2e.test     only the named programs
+#   build.sh e2e.test     only the named programs; e2e_node.test (go test -c k8s.io/kubernetes/test/e2e_node,
+#                         the node conformance suite of `make node-conformance`) is built only when named
 #   build.sh --bin-dir    print the cache's bin directory and exit
 #
 # Version stamping is ../build.sh's, so e2e.test reports the version it tests. A program
@@ -19,6 +20,7 @@ if [[ ${1:-} == --bin-dir ]]; then echo "$bin"; exit 0; fi
 
 declare -A package=(
   [e2e.test]=k8s.io/kubernetes/test/e2e
+  [e2e_node.test]=k8s.io/kubernetes/test/e2e_node
   [ginkgo]=github.com/onsi/ginkgo/v2/ginkgo
   [agnhost]=k8s.io/kubernetes/test/images/agnhost
   [nnp]=k8s.io/kubernetes/test/images/nonewprivs

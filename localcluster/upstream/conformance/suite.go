@@ -1,6 +1,6 @@
 //go:build tools
 
-// Package suite names what `go test -c k8s.io/kubernetes/test/e2e` links, so that
+// Package suite names what `go test -c k8s.io/kubernetes/test/e2e` (and test/e2e_node) links, so that
 // `go mod tidy` records every module the suite needs in go.sum; it is never built.
 package suite
 
@@ -30,5 +30,6 @@ import (
 	_ "k8s.io/kubernetes/test/e2e/storage/csimock"
 	_ "k8s.io/kubernetes/test/e2e/storage/external"
 	_ "k8s.io/kubernetes/test/e2e/windows"
+	_ "k8s.io/kubernetes/test/e2e_node"
 	_ "k8s.io/kubernetes/test/utils/format"
 )
