@@ -11,7 +11,7 @@ APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-
 # script's disk tools.
 VAGRANT_APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients dnsmasq-base fdisk
 
-.PHONY: up down status test conformance node-test deps venv upstream proto wheels clean \
+.PHONY: up down status test conformance node-test node-conformance deps venv upstream proto wheels clean \
 	vagrant-deps vagrant-box vagrant-up vagrant-destroy vagrant-test
 
 up: deps venv
@@ -35,6 +35,12 @@ conformance: deps venv upstream
 # then checked from outside (tests/integration/test_node_install.py; the README's "make node-test").
 node-test: deps venv upstream
 	$(PY) -m pytest -s --timeout=1200 tests/integration/test_node_install.py
+
+# upstream's Node Conformance test ([NodeConformance] specs of test/e2e_node) in a systemd-nspawn machine whose kubelet
+# is pykubelet, or the upstream kubelet with NODE_AGENTS=upstream; needs the cluster's bridge (make up). README's
+# "make node-conformance". NODE_CONFORMANCE_FOCUS / NODE_CONFORMANCE_SKIP narrow it.
+node-conformance: deps venv
+	$(PY) -m localcluster node-conformance $(if $(NODE_AGENTS),--agents=$(NODE_AGENTS))
 
 # pynode workers as VMs joined to the local cluster (vagrant/; the README's "Vagrant VMs"). VAGRANT_WORKERS,
 # VAGRANT_PROXY_MODE (iptables) and VAGRANT_AGENTS (pynode | upstream) choose.

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import bootstrap, cluster, conformance, metrics_server, settings, vagrant
+from . import bootstrap, cluster, conformance, metrics_server, node_conformance, settings, vagrant
 from .procs import UpError
 
 
@@ -32,6 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("--agents", choices=conformance.AGENTS, default=os.environ.get("NODE_AGENTS") or "pynode",
                       help="whose node agents the suite runs on: pynode's (the cluster's nodes) or, side by side, "
                       "the upstream kubelet and kube-proxy on nodes added for the run (NODE_AGENTS)")
+    nconf = sub.add_parser("node-conformance", help="upstream's Node Conformance test (the [NodeConformance] specs "
+                           "of test/e2e_node, with their own apiserver) in a test machine whose kubelet is pykubelet "
+                           "or, with --agents upstream, the upstream kubelet (NODE_CONFORMANCE_FOCUS, _SKIP, _PROCS)")
+    nconf.add_argument("--agents", choices=node_conformance.AGENTS, default=os.environ.get("NODE_AGENTS") or "pynode")
+    nconf.add_argument("--focus", default=os.environ.get("NODE_CONFORMANCE_FOCUS") or node_conformance.DEFAULT_FOCUS)
+    nconf.add_argument("--skip", default=os.environ.get("NODE_CONFORMANCE_SKIP", ""),
+                       help="skipped besides the harness's own list (added to it, not replacing it)")
+    nconf.add_argument("--procs", type=int,
+                       default=int(os.environ.get("NODE_CONFORMANCE_PROCS") or node_conformance.DEFAULT_PROCS))
+    nconf.add_argument("--no-results", action="store_true",
+                       help="do not write bench/results/node-conformance-<date>-<agents>.md (a narrowed run)")
+    nconf.add_argument("--keep-machine", action="store_true",
+                       help="leave the test machine running afterwards; the next run reuses it")
+    nconf.add_argument("--destroy", action="store_true", help="only remove a test machine left running")
     vms = sub.add_parser("vagrant", help="pynode workers as VMs (vagrant/), joined to this cluster: up, destroy, "
                          "status, env (the PYNODE_* lines for running vagrant by hand), net-up, net-down")
     vms.add_argument("action", choices=("up", "destroy", "status", "env", "net-up", "net-down"))
@@ -62,6 +76,11 @@ def main(argv: list[str] | None = None) -> int:
             cluster.build_upstream(config, args.programs)
         elif args.command == "conformance":
             conformance.run(config, focus=args.focus, skip=args.skip, processes=args.procs, agents=args.agents)
+        elif args.command == "node-conformance" and args.destroy:
+            node_conformance.destroy(config)
+        elif args.command == "node-conformance":
+            node_conformance.run(config, agents=args.agents, focus=args.focus, skip=args.skip, processes=args.procs,
+                                 results=not args.no_results, keep=args.keep_machine)
         elif args.command == "vagrant":
             return vagrant.main(config, args.action, workers=args.workers, proxy_mode=args.proxy_mode,
                                 agents=args.agents)
