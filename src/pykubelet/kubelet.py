@@ -215,11 +215,15 @@ class Kubelet:
                     if w.admitted and w.uid != pod["metadata"]["uid"] and w.terminal_status is None
                     and not w.removed]
 
+        apparmor = admission.apparmor_enabled()
+
         def admit(pod: dict) -> tuple[str, str] | None:
-            """Upstream's admission order: node pressure (the eviction manager), then resources."""
+            """Upstream's admission order: node pressure (the eviction manager), the pod's OS, resources and host
+            ports, then AppArmor."""
             if message := evictions.admit(pod):
                 return "Evicted", message
-            return admission.fit(pod, others(pod), allocatable)
+            return (admission.os_refusal(pod) or admission.fit(pod, others(pod), allocatable)
+                    or admission.apparmor_refusal(pod, apparmor))
 
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
                              probe_manager=self._probe_manager(runtime, events), metrics=self.metrics, admit=admit,

@@ -1,7 +1,9 @@
-"""Resource admission: a pod that asks for more than the node has left is refused, with upstream's words."""
+"""Admission: a pod that asks for more than the node has left, for another OS, or for AppArmor where there is none
+is refused, with upstream's words."""
 
 from __future__ import annotations
 
+from pykubelet.pods import admission
 from pykubelet.pods.admission import fit, requests
 
 ALLOCATABLE = {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "10Gi", "pods": "3", "example.com/gpu": "1"}
@@ -70,3 +72,39 @@ def test_a_host_port_another_pod_holds_refuses_it_as_the_nodeports_filter():
     # resources are looked at first, as upstream orders its reasons
     assert fit(with_ports("p", {"containerPort": 80, "hostPort": 21017}), [held, held, held],
                ALLOCATABLE)[0] == "OutOfpods"
+
+
+def test_a_pod_for_another_os_is_refused_as_upstream():
+    assert admission.os_refusal({"spec": {"os": {"name": "linux"}}}) is None
+    assert admission.os_refusal({"metadata": {"labels": {"kubernetes.io/os": "linux"}}, "spec": {}}) is None
+    assert admission.os_refusal({"spec": {"os": {"name": "windows"}}}) == (
+        "PodOSNotSupported", "Failed to admit pod as the OS field doesn't match node OS")
+    reason, _ = admission.os_refusal({"metadata": {"labels": {"kubernetes.io/os": "windows"}}, "spec": {}})
+    assert reason == "PodOSSelectorNodeLabelDoesNotMatch"
+
+
+def test_apparmor_is_refused_on_a_host_without_it():
+    runtime_default = {"appArmorProfile": {"type": "RuntimeDefault"}}
+    field = {"spec": {"containers": [{"name": "c", "securityContext": runtime_default}]}}
+    annotated = {"metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/c": "runtime/default"}},
+                 "spec": {"containers": [{"name": "c"}]}}
+    unconfined = {"spec": {"securityContext": {"appArmorProfile": {"type": "Unconfined"}},
+                           "containers": [{"name": "c"}]}}
+    for pod in (field, annotated):
+        assert admission.apparmor_refusal(pod, enabled=False) == (
+            "AppArmor", "Cannot enforce AppArmor: AppArmor is not enabled on the host")
+        assert admission.apparmor_refusal(pod, enabled=True) is None
+    assert admission.apparmor_refusal(unconfined, enabled=False) is None
+    assert admission.apparmor_refusal({"spec": {"containers": [{"name": "c"}]}}, enabled=False) is None
+    empty = {"spec": {"containers": [{"name": "c", "securityContext": {"appArmorProfile": {"type": "Localhost"}}}]}}
+    assert admission.apparmor_refusal(empty, enabled=True)[0] == "AppArmor"
+
+
+def test_apparmor_enabled_reads_securityfs_and_the_module_parameter(tmp_path):
+    assert not admission.apparmor_enabled(tmp_path)
+    (tmp_path / "kernel/security/apparmor").mkdir(parents=True)
+    (tmp_path / "module/apparmor/parameters").mkdir(parents=True)
+    (tmp_path / "module/apparmor/parameters/enabled").write_text("N\n")
+    assert not admission.apparmor_enabled(tmp_path)
+    (tmp_path / "module/apparmor/parameters/enabled").write_text("Y\n")
+    assert admission.apparmor_enabled(tmp_path)

@@ -8,11 +8,16 @@ allocatable lists; a resource the pod does not request is not checked. The first
 with upstream's reason (OutOfcpu, OutOfmemory, OutOfephemeral-storage, OutOfpods, OutOf<resource>) and message.
 Then its host ports (of its containers and sidecars) against those of the other active pods, as the scheduler's
 NodePorts filter: a port on 0.0.0.0 (the default) conflicts with that protocol and port on any address.
+
+Before the resources, the pod's OS (`os_refusal`: its `kubernetes.io/os` label, then `spec.os.name`, against
+linux), and after them AppArmor (`apparmor_refusal`: a pod that asks for a profile on a host without AppArmor),
+with upstream's reasons and messages (pkg/kubelet/lifecycle: predicate.go, handlers.go).
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 from . import qos
 
@@ -20,6 +25,56 @@ MESSAGE = "Node didn't have enough resource: {}, requested: {}, used: {}, capaci
 PORTS_REASON = "NodePorts"
 PORTS_MESSAGE = "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
 ANY_ADDRESS = "0.0.0.0"
+NODE_OS = "linux"
+OS_LABEL = "kubernetes.io/os"
+APPARMOR_ANNOTATION_PREFIX = "container.apparmor.security.beta.kubernetes.io/"
+
+
+def os_refusal(pod: dict) -> tuple[str, str] | None:
+    """Upstream's two OS checks: the pod's own `kubernetes.io/os` label (its labels, not its node selector, as
+    upstream reads it) and `spec.os.name`, each against the node's OS."""
+    label = ((pod.get("metadata") or {}).get("labels") or {}).get(OS_LABEL)
+    if label is not None and label != NODE_OS:
+        return ("PodOSSelectorNodeLabelDoesNotMatch",
+                "Failed to admit pod as the `kubernetes.io/os` label doesn't match node label")
+    name = ((pod.get("spec") or {}).get("os") or {}).get("name")
+    if name is not None and name != NODE_OS:
+        return "PodOSNotSupported", "Failed to admit pod as the OS field doesn't match node OS"
+    return None
+
+
+def apparmor_enabled(sys_dir: Path = Path("/sys")) -> bool:
+    """As upstream (and runc) tell: the securityfs directory exists and the module parameter says Y."""
+    try:
+        return ((sys_dir / "kernel/security/apparmor").exists()
+                and (sys_dir / "module/apparmor/parameters/enabled").read_text().startswith("Y"))
+    except OSError:
+        return False
+
+
+def _apparmor_profiles(pod: dict) -> list[dict]:
+    spec = pod.get("spec") or {}
+    profiles = [((spec.get("securityContext") or {}).get("appArmorProfile"))]
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        profiles += [(c.get("securityContext") or {}).get("appArmorProfile") for c in spec.get(kind) or []]
+    return [p for p in profiles if p]
+
+
+def apparmor_refusal(pod: dict, enabled: bool) -> tuple[str, str] | None:
+    """A pod that asks for an AppArmor profile (a field or the deprecated annotation, other than unconfined)
+    is refused where the host has no AppArmor, and a Localhost profile without a name anywhere."""
+    profiles = _apparmor_profiles(pod)
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    required = any(p.get("type") != "Unconfined" for p in profiles) or any(
+        value != "unconfined" for key, value in annotations.items() if key.startswith(APPARMOR_ANNOTATION_PREFIX))
+    if not required:
+        return None
+    if not enabled:
+        return "AppArmor", "Cannot enforce AppArmor: AppArmor is not enabled on the host"
+    for profile in profiles:
+        if profile.get("type") == "Localhost" and not (profile.get("localhostProfile") or "").strip():
+            return "AppArmor", f"Cannot enforce AppArmor: invalid empty AppArmor profile name: {profile!r}"
+    return None
 
 
 def requests(pod: dict) -> dict[str, Fraction]:
