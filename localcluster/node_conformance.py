@@ -36,7 +36,8 @@ What the upstream kubelet needs in the machine (not pykubelet): `--fail-cgroupv1
 v1, which kubelet 1.35+ refuses by default), and the host-wide sysctls its container manager insists on
 (upstream_node.KERNEL_TUNABLES) shown to it with the values it wants, as regular files bind-mounted over
 /proc/sys/<key> in the machine's mount namespace (the machine shares this host's kernel, whose keys it must not
-set; /proc/sys outside net/ is read-only in the machine).
+set; /proc/sys outside net/ is read-only in the machine), and a /dev/kmsg for its OOM watcher, which refuses to
+start without one (systemd-nspawn gives none; the machine's console is linked there, as kind does).
 
 The machine has no default route, and the suite's kube-apiserver refuses to start without one (it takes its
 address from the default route's interface): the run adds `default dev eth0`, a route with no gateway on the
@@ -190,6 +191,9 @@ def _install_suite(cluster: Cluster, m: machine.Machine, agents: str) -> None:
     else:
         shutil.copy2(cluster.bin / "kubelet", kubelet)
         _fake_kernel_tunables(m)
+        # Its OOM watcher opens /dev/kmsg, which systemd-nspawn does not give a machine; kind's node image links
+        # the console there for the same reason.
+        m.ssh("sh", "-c", "test -e /dev/kmsg || ln -s /dev/console /dev/kmsg")
     (root / WORK_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     # The suite's kube-apiserver takes its address from the default route's interface and will not start
     # without one; a route on the machine's only link, with no gateway, leads nowhere off the cluster network.
@@ -281,8 +285,12 @@ def run(cluster: Cluster, agents: str = "pynode", focus: str = DEFAULT_FOCUS, sk
         summary, title=f"node conformance, focus `{focus}`, skip `{skip_all}`", elapsed=elapsed,
         nodes=f"{m.name} (a systemd-nspawn machine: Debian 12, its containerd 1.6 and runc), running {kind}")
     (out / "summary.md").write_text(text)
+    print(text)
+    ran = summary.total["passed"] + summary.total["failed"]
+    if not ran:
+        raise UpError(f"node-conformance: no spec ran (see {out / 'ginkgo.log'}"
+                      + (f" and {out / 'kubelet.log'})" if (out / "kubelet.log").exists() else ")"))
     if results:
         results_file(agents).write_text(text)
-    print(text)
     return out
 
