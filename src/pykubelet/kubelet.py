@@ -216,14 +216,15 @@ class Kubelet:
                     and not w.removed]
 
         apparmor = admission.apparmor_enabled()
+        sysctls = admission.sysctl_allowlist(self.config.allowed_unsafe_sysctls)
 
         def admit(pod: dict) -> tuple[str, str] | None:
-            """Upstream's admission order: node pressure (the eviction manager), the pod's OS, resources and host
-            ports, then AppArmor."""
+            """Upstream's admission order: node pressure (the eviction manager), the pod's OS, its sysctls,
+            resources and host ports, then AppArmor."""
             if message := evictions.admit(pod):
                 return "Evicted", message
-            return (admission.os_refusal(pod) or admission.fit(pod, others(pod), allocatable)
-                    or admission.apparmor_refusal(pod, apparmor))
+            return (admission.os_refusal(pod) or admission.sysctl_refusal(pod, sysctls)
+                    or admission.fit(pod, others(pod), allocatable) or admission.apparmor_refusal(pod, apparmor))
 
         workers = PodWorkers(runtime=manager, pleg=pleg, status=status, events=events, node_ip=self.ip,
                              probe_manager=self._probe_manager(runtime, events), metrics=self.metrics, admit=admit,

@@ -108,3 +108,22 @@ def test_apparmor_enabled_reads_securityfs_and_the_module_parameter(tmp_path):
     assert not admission.apparmor_enabled(tmp_path)
     (tmp_path / "module/apparmor/parameters/enabled").write_text("Y\n")
     assert admission.apparmor_enabled(tmp_path)
+
+
+def sysctl_pod(*names, host_network=False):
+    return {"spec": {"hostNetwork": host_network, "containers": [{"name": "c"}],
+                     "securityContext": {"sysctls": [{"name": n, "value": "1"} for n in names]}}}
+
+
+def test_only_safe_or_allowed_unsafe_sysctls_are_admitted():
+    allow = admission.sysctl_allowlist([], kernel=(6, 1))
+    assert admission.sysctl_refusal(sysctl_pod("kernel.shm_rmid_forced", "net.ipv4.tcp_rmem"), allow) is None
+    assert admission.sysctl_refusal(sysctl_pod("net/ipv4/ip_local_port_range"), allow) is None  # slashes
+    assert admission.sysctl_refusal(sysctl_pod("kernel.msgmax"), allow) == (
+        "SysctlForbidden", 'forbidden sysctl: "kernel.msgmax" not allowlisted')
+    assert admission.sysctl_refusal(sysctl_pod("kernel.msgmax"), allow + ["kernel.msg*"]) is None
+    reason, message = admission.sysctl_refusal(sysctl_pod("net.ipv4.tcp_syncookies", host_network=True), allow)
+    assert reason == "SysctlForbidden" and "not allowed with host Net enabled" in message
+    assert "net.ipv4.tcp_rmem" not in admission.sysctl_allowlist([], kernel=(4, 14))  # namespaced since 4.15
+    assert admission.normalize_sysctl("kernel/shm_rmid_forced") == "kernel.shm_rmid_forced"
+    assert admission.normalize_sysctl("net.ipv4.conf.eno2/100.rp_filter") == "net.ipv4.conf.eno2/100.rp_filter"

@@ -250,6 +250,16 @@ def test_configz_writes_sizes_as_quantity_strings_as_upstream(tmp_path):
         "0", "1000", "1Ki", "3Gi", "1073741825"]
 
 
+def test_allowed_unsafe_sysctls_from_the_file_and_the_flag(tmp_path):
+    path = config_file(tmp_path, "allowedUnsafeSysctls:\n- kernel.msg*\n")
+    assert parse(["--config", str(path)]).allowed_unsafe_sysctls == ["kernel.msg*"]
+    assert parse(["--allowed-unsafe-sysctls=net.core.somaxconn,kernel.sem"]).allowed_unsafe_sysctls == [
+        "net.core.somaxconn", "kernel.sem"]
+    assert parse([]).allowed_unsafe_sysctls == []
+    with pytest.raises(ConfigError, match="invalid sysctl pattern"):
+        parse(["--config", str(config_file(tmp_path, "allowedUnsafeSysctls:\n- 'Kernel.*'\n"))])
+
+
 def test_merge_default_eviction_settings(tmp_path):
     path = config_file(tmp_path, "mergeDefaultEvictionSettings: true\nevictionHard:\n  memory.available: 1Gi\n")
     config = parse(["--config", str(path)])

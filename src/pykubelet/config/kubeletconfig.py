@@ -138,6 +138,7 @@ class KubeletConfig:
     enable_server: bool
     tls_min_version: str  # "" or VersionTLS1x
     tls_cipher_suites: list[str]  # Go names; empty: the library's defaults
+    allowed_unsafe_sysctls: list[str]  # names or `prefix*` patterns, beyond the safe ones
     healthz_bind_address: str
     healthz_port: int  # 0 disables
     # Upstream's shapes, durations as Go writes them ("2m0s"):
@@ -351,6 +352,17 @@ def _cipher_suites(value: Any) -> list[str]:
     if unknown:
         raise _Invalid(f"unsupported cipher suite {_q(unknown[0])}")
     return names
+
+
+@_kind("list")
+def _sysctl_patterns(value: Any) -> list[str]:
+    patterns = [_str(item).strip() for item in _expect(value, list, "a list of sysctl names or patterns")]
+    for pattern in patterns:
+        # Upstream's pattern: dot- or slash-separated segments, the last one optionally ending in `*`.
+        if not re.fullmatch(r"([a-z0-9]([-_a-z0-9]*[a-z0-9])?[./])*([a-z0-9]([-_a-z0-9]*[a-z0-9])?\*?|\*)",
+                            pattern) or len(pattern) > 253:
+            raise _Invalid(f"invalid sysctl pattern {_q(pattern)}")
+    return patterns
 
 
 @_kind("str")
@@ -607,6 +619,7 @@ _FIELDS = [
     _Field("enableServer", "enable_server", _bool, True, "enable-server", keep_zero=True),
     _Field("tlsMinVersion", "tls_min_version", _choice(*TLS_VERSIONS), "", "tls-min-version"),
     _Field("tlsCipherSuites", "tls_cipher_suites", _cipher_suites, [], "tls-cipher-suites"),
+    _Field("allowedUnsafeSysctls", "allowed_unsafe_sysctls", _sysctl_patterns, [], "allowed-unsafe-sysctls"),
     _Field("healthzBindAddress", "healthz_bind_address", _ip, "127.0.0.1", "healthz-bind-address"),
     _Field("healthzPort", "healthz_port", _int(0, 65535), 10248, "healthz-port", keep_zero=True),
     _Field("authentication.x509.clientCAFile", "authentication.x509.clientCAFile", _str, "",

@@ -10,12 +10,15 @@ Then its host ports (of its containers and sidecars) against those of the other 
 NodePorts filter: a port on 0.0.0.0 (the default) conflicts with that protocol and port on any address.
 
 Before the resources, the pod's OS (`os_refusal`: its `kubernetes.io/os` label, then `spec.os.name`, against
-linux), and after them AppArmor (`apparmor_refusal`: a pod that asks for a profile on a host without AppArmor),
-with upstream's reasons and messages (pkg/kubelet/lifecycle: predicate.go, handlers.go).
+linux) and its sysctls (`sysctl_refusal`: each must be a safe one or in `allowedUnsafeSysctls`, and not of a
+namespace the pod shares with the host), and after them AppArmor (`apparmor_refusal`: a pod that asks for a
+profile on a host without AppArmor), with upstream's reasons and messages (pkg/kubelet/lifecycle: predicate.go,
+handlers.go; pkg/kubelet/sysctl).
 """
 
 from __future__ import annotations
 
+import platform
 from fractions import Fraction
 from pathlib import Path
 
@@ -40,6 +43,72 @@ def os_refusal(pod: dict) -> tuple[str, str] | None:
     name = ((pod.get("spec") or {}).get("os") or {}).get("name")
     if name is not None and name != NODE_OS:
         return "PodOSNotSupported", "Failed to admit pod as the OS field doesn't match node OS"
+    return None
+
+
+# Upstream's safe sysctls (pkg/kubelet/sysctl/safe_sysctls.go): namespaced and isolated, each with the kernel
+# version since which it is namespaced (None: always).
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced": None, "net.ipv4.ip_local_port_range": None, "net.ipv4.tcp_syncookies": None,
+    "net.ipv4.ping_group_range": None, "net.ipv4.ip_unprivileged_port_start": None,
+    "net.ipv4.ip_local_reserved_ports": (3, 16), "net.ipv4.tcp_keepalive_time": (4, 5),
+    "net.ipv4.tcp_fin_timeout": (4, 6), "net.ipv4.tcp_keepalive_intvl": (4, 5),
+    "net.ipv4.tcp_keepalive_probes": (4, 5), "net.ipv4.tcp_rmem": (4, 15), "net.ipv4.tcp_wmem": (4, 15),
+}
+# Which namespace a sysctl belongs to (k8s.io/component-helpers/node/util/sysctl): by name, else by prefix.
+_IPC_NAMES = {"kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced",
+              "kernel.shm", "kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.msg"}
+
+
+def normalize_sysctl(name: str) -> str:
+    """"net/ipv4/ip_forward" -> "net.ipv4.ip_forward": with '/' as the first separator, '.' and '/' swap."""
+    first = next((i for i, ch in enumerate(name) if ch in "./"), -1)
+    if first == -1 or name[first] == ".":
+        return name
+    return name.translate(str.maketrans("./", "/."))
+
+
+def sysctl_namespace(name: str) -> str | None:
+    if name in _IPC_NAMES:
+        return "IPC"
+    if name.startswith("net."):
+        return "Net"
+    if name.startswith("fs.mqueue."):
+        return "IPC"
+    return None
+
+
+def _kernel_version() -> tuple[int, int]:
+    try:
+        major, minor = platform.release().split(".")[:2]
+        return int(major), int(minor.split("-")[0])
+    except ValueError:
+        return (0, 0)
+
+
+def sysctl_allowlist(allowed_unsafe: list[str], kernel: tuple[int, int] | None = None) -> list[str]:
+    """The safe sysctls this kernel namespaces, then the configured unsafe ones (names or `prefix*` patterns)."""
+    kernel = kernel or _kernel_version()
+    return [name for name, since in SAFE_SYSCTLS.items() if since is None or kernel >= since] + list(allowed_unsafe)
+
+
+def sysctl_refusal(pod: dict, allowlist: list[str]) -> tuple[str, str] | None:
+    """Upstream's sysctl admission: every sysctl of the pod must be allowlisted (exactly or by a `prefix*`
+    pattern), and none of the network or IPC namespace when the pod shares that one with the host."""
+    spec = pod.get("spec") or {}
+    for sysctl in (spec.get("securityContext") or {}).get("sysctls") or []:
+        name = normalize_sysctl(sysctl.get("name", ""))
+        matched = None
+        for pattern in allowlist:
+            pattern = normalize_sysctl(pattern)
+            if pattern == name or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+                matched = pattern.rstrip("*")
+                break
+        if matched is None:
+            return "SysctlForbidden", f'forbidden sysctl: "{name}" not allowlisted'
+        namespace = sysctl_namespace(matched) or sysctl_namespace(name)
+        if (namespace == "Net" and spec.get("hostNetwork")) or (namespace == "IPC" and spec.get("hostIPC")):
+            return "SysctlForbidden", f'forbidden sysctl: "{name}" not allowed with host {namespace} enabled'
     return None
 
 
