@@ -227,6 +227,7 @@ def run(cluster: Cluster, agents: str = "pynode", focus: str = DEFAULT_FOCUS, sk
                           env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
     if proc.returncode != 0:
         raise UpError(f"node-conformance: building e2e_node.test failed (exit {proc.returncode}); output above")
+    testimages.build_programs(cluster)  # the programs of the images with a recipe of their own
     if agents == "upstream":
         local.build_upstream(cluster, ["kubelet"])
     out = results_dir(cluster) / (time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) +
