@@ -42,7 +42,8 @@ def build_upstream(cluster: Cluster, programs: list[str] | None = None) -> None:
         raise procs.UpError(f"upstream build failed (exit {proc.returncode}); its output is above")
 
 
-def _build(cluster: Cluster, recipe: Path, what: str) -> None:
+def build_recipe(cluster: Cluster, recipe: Path, what: str) -> None:
+    """Run a Go recipe's build.sh (localcluster/upstream/<recipe>/) into the cache; seconds when cached."""
     proc = subprocess.run([str(recipe / "build.sh")], env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
     if proc.returncode != 0:
         raise procs.UpError(f"{what} build failed (exit {proc.returncode}); its output is above")
@@ -51,8 +52,8 @@ def _build(cluster: Cluster, recipe: Path, what: str) -> None:
 def build_node_programs(cluster: Cluster) -> None:
     """containerd 2.x and runc (unless every node runs Debian's) and CoreDNS; seconds when cached."""
     if any(node.runtime != "debian" for node in cluster.nodes):
-        _build(cluster, CONTAINERD_DIR, "containerd")
-    _build(cluster, COREDNS_DIR, "CoreDNS")
+        build_recipe(cluster, CONTAINERD_DIR, "containerd")
+    build_recipe(cluster, COREDNS_DIR, "CoreDNS")
 
 
 def up(cluster: Cluster) -> None:

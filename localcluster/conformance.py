@@ -45,7 +45,7 @@ DEFAULT_PROCS = 4
 # ginkgo's states, folded into the three the summary counts.
 FAILED_STATES = {"failed", "panicked", "timedout", "interrupted", "aborted"}
 AGENTS = ("pynode", "upstream")
-# The suite's multi-node specs ("at least two untainted nodes", DaemonSet rollback, pod anti-affinity) need two.
+# The suite's multi-node specs ("should have at least two untainted nodes", the DaemonSet rollback) need two.
 SUITE_NODES = 2
 # On pynode's nodes while the suite runs on upstream's: keeps its pods off them (its node listings skip them too).
 ASIDE_TAINT = "pynode.dev/conformance"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import debian, images
+from .cluster import build_recipe
 from .images import Entry, Image
 from .procs import UpError
 from .settings import UPSTREAM_DIR, Cluster
@@ -120,10 +121,7 @@ RECIPES = ("sample-apiserver", "etcd")
 def build_programs(cluster: Cluster) -> None:
     """Build the programs of RECIPES into the cache (seconds when cached; minutes cold)."""
     for recipe in RECIPES:
-        proc = subprocess.run([str(UPSTREAM_DIR / recipe / "build.sh")],
-                              env={**os.environ, "PYNODE_CACHE": str(cluster.cache)})
-        if proc.returncode != 0:
-            raise UpError(f"testimages: the {recipe} build failed (exit {proc.returncode}); its output is above")
+        build_recipe(cluster, UPSTREAM_DIR / recipe, recipe)
 
 
 def _recipe_program(cluster: Cluster, recipe: str) -> bytes:
