@@ -32,9 +32,10 @@ conformance: deps venv upstream
 	$(PY) -m localcluster conformance $(if $(NODE_AGENTS),--agents=$(NODE_AGENTS))
 
 # pynode installed on a booted Debian 12 machine (systemd-nspawn) by the ansible playbook, joined with kubeadm,
-# then checked from outside (tests/integration/test_node_install.py; the README's "make node-test").
+# then checked from outside (tests/integration/test_node_install.py; the README's "make node-test"); then the same
+# playbook installing the upstream kubelet and kube-proxy on a second machine, for its figure side by side.
 node-test: deps venv upstream
-	$(PY) -m pytest -s --timeout=1200 tests/integration/test_node_install.py
+	$(PY) -m pytest -s --timeout=1200 tests/integration/test_node_install.py tests/integration/test_node_install_upstream.py
 
 # upstream's Node Conformance test ([NodeConformance] specs of test/e2e_node) in a systemd-nspawn machine whose kubelet
 # is pykubelet, or the upstream kubelet with NODE_AGENTS=upstream; needs the cluster's bridge (make up). README's

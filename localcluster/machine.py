@@ -21,6 +21,13 @@ and bpf system calls runc uses; a unit baked into the image remounts the cgroup 
 as nspawn mounts them) writable at boot, so that containerd can drive cgroups. Of /proc/sys only net/ (the
 machine's own namespace) is writable: the machine shares the host's kernel, and its systemd-sysctl must
 not set the host's global keys (fs.protected_*, say).
+
+A machine made for the upstream kubelet (`upstream_kubelet=True`) gets a unit that shows it, at every boot
+before the kubelet starts, the host-wide sysctls its container manager insists on
+(upstream_node.KERNEL_TUNABLES) with the values it wants, as regular files bind-mounted over /proc/sys/<key>
+in the machine's mount namespace (the keys themselves are the host's, read-only here), and a /dev/kmsg for
+its OOM watcher, which refuses to start without one (systemd-nspawn gives none; the unit links the console
+there, as kind's node image does). pykubelet needs neither.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .procs import UpError, run_checked
+from .upstream_node import KERNEL_TUNABLES
 from .settings import Cluster
 
 RELEASE = "bookworm"
@@ -47,6 +55,7 @@ BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "openssh-server",
 # What the roles install (ansible/roles/*/defaults), offered by the machine's local repository.
 ROLE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "conntrack", "ethtool", "socat",
                  "kmod", "python3", "python3-venv",
+                 "ipset",  # for the upstream kube-proxy (pynode_agents=upstream)
                  "python3-packaging", "python3-apt")  # ansible's apt and pip modules need them
 MACHINES_DIR = Path(os.environ.get("PYNODE_MACHINES", "/var/lib/pynode-machines"))
 
@@ -64,6 +73,21 @@ ExecStart=/bin/sh -c 'mount -o remount,rw /sys/fs/cgroup; for d in /sys/fs/cgrou
 [Install]
 WantedBy=sysinit.target
 """
+# Inside a machine made for the upstream kubelet: the files shown over /proc/sys, and the unit that mounts them.
+SHIMS_DIR = "/var/lib/pynode-machine/sysctl"
+SHIMS_UNIT_NAME = "pynode-upstream-kubelet-shims.service"
+
+
+def upstream_kubelet_shims_unit() -> str:
+    """The unit that prepares a machine for the upstream kubelet at every boot (see the module's docstring)."""
+    mounts = "".join(f"ExecStart=/bin/mount --bind {SHIMS_DIR}/{key.replace('/', '.')} /proc/sys/{key}\n"
+                     for key in KERNEL_TUNABLES)
+    return ("[Unit]\n"
+            "Description=Show the upstream kubelet the host-wide sysctls it wants, and a /dev/kmsg\n"
+            "DefaultDependencies=no\nBefore=sysinit.target kubelet.service\n\n"
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+            f"{mounts}ExecStart=/bin/ln -sf /dev/console /dev/kmsg\n\n"
+            "[Install]\nWantedBy=sysinit.target\n")
 
 
 def log(msg: str) -> None:
@@ -152,6 +176,7 @@ class Machine:
     cluster: Cluster
     index: int = 50
     pod_subnet: str = "10.222.250.0/24"
+    upstream_kubelet: bool = False  # add the shims the upstream kubelet needs (see the module's docstring)
 
     def __post_init__(self) -> None:
         self.process: subprocess.Popen | None = None
@@ -209,8 +234,19 @@ class Machine:
         conf = self.root / "etc/systemd/system.conf.d/pynode-machine.conf"
         conf.parent.mkdir(parents=True, exist_ok=True)
         conf.write_text("[Manager]\nDefaultTimeoutStopSec=15s\n")
+        if self.upstream_kubelet:
+            self._upstream_kubelet_shims()
         self.console_log.unlink(missing_ok=True)
         self._network()
+
+    def _upstream_kubelet_shims(self) -> None:
+        shims = self.root / SHIMS_DIR.lstrip("/")
+        shims.mkdir(parents=True)
+        for key, value in KERNEL_TUNABLES.items():
+            (shims / key.replace("/", ".")).write_text(f"{value}\n")
+        units = self.root / "etc/systemd/system"
+        (units / SHIMS_UNIT_NAME).write_text(upstream_kubelet_shims_unit())
+        (units / "sysinit.target.wants" / SHIMS_UNIT_NAME).symlink_to(f"/etc/systemd/system/{SHIMS_UNIT_NAME}")
 
     def _ip(self, *args: str, netns: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         return _run("ip", *(["-n", netns] if netns else []), *args, check=check)

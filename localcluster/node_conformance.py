@@ -33,11 +33,8 @@ Skipped specs (each a regex on the spec text, with its reason; besides upstream'
 none beyond it so far; SKIPS holds them with their reasons when there are some.
 
 What the upstream kubelet needs in the machine (not pykubelet): `--fail-cgroupv1=false` (the host runs cgroup
-v1, which kubelet 1.35+ refuses by default), and the host-wide sysctls its container manager insists on
-(upstream_node.KERNEL_TUNABLES) shown to it with the values it wants, as regular files bind-mounted over
-/proc/sys/<key> in the machine's mount namespace (the machine shares this host's kernel, whose keys it must not
-set; /proc/sys outside net/ is read-only in the machine), and a /dev/kmsg for its OOM watcher, which refuses to
-start without one (systemd-nspawn gives none; the machine's console is linked there, as kind does).
+v1, which kubelet 1.35+ refuses by default), and the shims of a machine made with `upstream_kubelet=True`
+(localcluster/machine.py: the host-wide sysctls it insists on shown to it as files, and a /dev/kmsg).
 
 The machine has no default route, and the suite's kube-apiserver refuses to start without one (it takes its
 address from the default route's interface): the run adds `default dev eth0`, a route with no gateway on the
@@ -57,7 +54,7 @@ from pathlib import Path
 
 import yaml
 
-from . import conformance, images, machine, testimages, upstream_node
+from . import conformance, images, machine, testimages
 from . import cluster as local
 from .procs import UpError, run_checked
 from .settings import Cluster
@@ -141,7 +138,7 @@ def image_archives(cluster: Cluster) -> list[str]:
 
 def the_machine(cluster: Cluster, agents: str) -> machine.Machine:
     index, subnet = MACHINES[agents]
-    return machine.Machine(cluster, index=index, pod_subnet=subnet)
+    return machine.Machine(cluster, index=index, pod_subnet=subnet, upstream_kubelet=agents == "upstream")
 
 
 def _running(m: machine.Machine) -> bool:
@@ -190,25 +187,10 @@ def _install_suite(cluster: Cluster, m: machine.Machine, agents: str) -> None:
         kubelet.chmod(0o755)
     else:
         shutil.copy2(cluster.bin / "kubelet", kubelet)
-        _fake_kernel_tunables(m)
-        # Its OOM watcher opens /dev/kmsg, which systemd-nspawn does not give a machine; kind's node image links
-        # the console there for the same reason.
-        m.ssh("sh", "-c", "test -e /dev/kmsg || ln -s /dev/console /dev/kmsg")
     (root / WORK_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
     # The suite's kube-apiserver takes its address from the default route's interface and will not start
     # without one; a route on the machine's only link, with no gateway, leads nowhere off the cluster network.
     m.ssh("ip", "route", "replace", "default", "dev", "eth0")
-
-
-def _fake_kernel_tunables(m: machine.Machine) -> None:
-    """Show the upstream kubelet the host-wide sysctls it insists on (see the module's docstring)."""
-    fake = f"{WORK_DIR}/sysctl"
-    script = [f"mkdir -p {fake}"]
-    for key, value in upstream_node.KERNEL_TUNABLES.items():
-        path = f"{fake}/{key.replace('/', '.')}"
-        script += [f"echo {value} > {path}",
-                   f"mountpoint -q /proc/sys/{key} || mount --bind {path} /proc/sys/{key}"]
-    m.ssh("sh", "-c", " && ".join(script))
 
 
 def run(cluster: Cluster, agents: str = "pynode", focus: str = DEFAULT_FOCUS, skip: str = "",

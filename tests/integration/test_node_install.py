@@ -3,134 +3,34 @@ pynode as systemd units where kubeadm's packages put the upstream agents), `kube
 plane, then what systemd and kubeadm promise, checked from outside.
 
 The machine is systemd-nspawn's (localcluster/machine.py): systemd as PID 1, its own network namespace on the
-cluster bridge. `make node-test` runs this module alone. The tests run in file order on one machine, each
-leaving the node Ready for the next.
+cluster bridge. `make node-test` runs this module, then test_node_install_upstream.py. The tests run in file
+order on one machine, each leaving the node Ready for the next.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from localcluster import bootstrap, machine, procs
-from localcluster import cluster as local
-from localcluster.wheels import wheelhouse
+from localcluster import bootstrap, machine
 
+from tests.integration.nodeinstall import (IGNORE_PREFLIGHT, installed, playbook, recap, report,
+                                          web_answers_on_its_node_port)
 from tests.integration.polling import eventually
 
 # The first test also waits for the module fixture: cold, debootstrap, the package repository, kubeadm, the
 # wheelhouse and the first playbook run take about 4 minutes.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE = REPO / "ansible"
 NAMESPACE = "node-install"
-# The preflight checks this sandbox cannot pass, each for its reason:
-#   SystemVerification: the host kernel runs cgroup v1 (hybrid), which kubeadm 1.36's verification refuses.
-IGNORE_PREFLIGHT = ["SystemVerification"]
-
-
-def log(msg: str) -> None:
-    print(f"[node-test] {msg}", file=sys.stderr, flush=True)
-
-
-def report(msg: str) -> None:
-    """A figure worth keeping: on stderr and in machine.MACHINES_DIR/node-test.log."""
-    log(msg)
-    machine.MACHINES_DIR.mkdir(parents=True, exist_ok=True)
-    with open(machine.MACHINES_DIR / "node-test.log", "a") as out:
-        out.write(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {msg}\n")
-
-
-def playbook(inventory: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
-           "PYTHONWARNINGS": "ignore", "ANSIBLE_HOST_KEY_CHECKING": "False"}
-    return subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), "site.yml", *args], cwd=ANSIBLE,
-                          capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def recap(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    match = re.search(r"^\S+\s+:\s+(ok=.*)$", proc.stdout, re.M)
-    assert match, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
-
-
-class Node:
-    """The machine as the tests see it: ssh inside, kubectl outside."""
-
-    def __init__(self, cluster, m: machine.Machine, inventory: Path):
-        self.cluster, self.machine, self.inventory = cluster, m, inventory
-        self.name = m.name
-
-    def sh(self, script: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        return self.machine.ssh("sh", "-c", script, check=check, timeout=timeout)
-
-    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-        return procs.kubectl(self.cluster, *args, stdin=stdin)
-
-    def get(self, *args: str) -> dict | None:
-        proc = self.kubectl("get", *args, "-o", "json")
-        return json.loads(proc.stdout) if proc.returncode == 0 else None
-
-    def ready(self) -> bool:
-        node = self.get("node", self.name)
-        return bool(node) and any(c["type"] == "Ready" and c["status"] == "True"
-                                  for c in node["status"].get("conditions", []))
-
-    def unit(self, name: str, *props: str) -> dict[str, str]:
-        out = self.sh(f"systemctl show {name} " + " ".join(f"-p {p}" for p in props)).stdout
-        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-    def pod(self, name: str) -> dict | None:
-        return self.get("-n", NAMESPACE, "pod", name)
 
 
 @pytest.fixture(scope="module")
 def node(cluster, tmp_path_factory):
-    local.build_upstream(cluster, ["kubeadm"])
-    wheels = wheelhouse(tmp_path_factory.mktemp("dist"))
-    m = machine.Machine(cluster)
-    m.create()
-    images = sorted(str(p) for p in cluster.images.glob("pause-*.tar")) + \
-        sorted(str(p) for p in cluster.images.glob("busybox-*.tar"))
-    token, ca_hash = bootstrap.token(cluster), bootstrap.ca_cert_hash(cluster)
-    inventory = tmp_path_factory.mktemp("inventory") / "hosts.yml"
-    inventory.write_text(yaml.safe_dump(m.inventory({
-        "pynode_wheelhouse": str(wheels),
-        "containerd_image_archives": images,
-        # systemd-nspawn's machines run without CAP_SYS_RESOURCE.
-        "containerd_restrict_oom_score_adj": True,
-        "kubeadm_join_kubeadm_binary": str(cluster.bin / "kubeadm"),
-        "kubeadm_join_endpoint": f"{cluster.host_ip}:{cluster.apiserver_port}",
-        "kubeadm_join_token": token,
-        "kubeadm_join_ca_cert_hash": ca_hash,
-        "kubeadm_join_ignore_preflight_errors": IGNORE_PREFLIGHT,
-        "kubeadm_join_cluster_cidr": str(cluster.pod_cidr),
-    })))
-    procs.kubectl(cluster, "delete", "node", m.name, "--ignore-not-found")
-    started = time.monotonic()
-    boot = m.boot()
-    first = playbook(inventory)
-    took = time.monotonic() - started
-    assert first.returncode == 0, first.stdout[-6000:] + first.stderr[-3000:]
-    report(f"bare machine to Ready: {took:.1f}s (boot {boot:.1f}s, then one ansible-playbook run with kubeadm "
-           f"join); recap {recap(first)}")
-    n = Node(cluster, m, inventory)
-    n.bare_to_ready = took
-    procs.kubectl(cluster, "create", "namespace", NAMESPACE)
-    yield n
-    procs.kubectl(cluster, "delete", "namespace", NAMESPACE, "--wait=false")
-    procs.kubectl(cluster, "delete", "node", m.name, "--ignore-not-found")
-    m.destroy()
+    yield from installed(cluster, tmp_path_factory, machine.Machine(cluster), NAMESPACE)
 
 
 def test_node_is_ready_with_pykubelet_and_our_version(node):
@@ -161,34 +61,7 @@ def test_check_mode_is_safe_and_finds_nothing_to_change(node):
 
 
 def test_a_pod_runs_and_its_service_answers_through_pyproxy(node):
-    manifest = {
-        "apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": NAMESPACE,
-                                                            "labels": {"app": "web"}},
-             "spec": {"nodeName": node.name, "terminationGracePeriodSeconds": 2, "containers": [{
-                 "name": "httpd", "image": "registry.k8s.io/e2e-test-images/busybox:1.37.0-1",
-                 "command": ["sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && "
-                             "exec httpd -f -p 8080 -h /www"],
-                 "ports": [{"containerPort": 8080}]}]}},
-            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
-             "spec": {"type": "NodePort", "selector": {"app": "web"},
-                      "ports": [{"port": 80, "targetPort": 8080}]}},
-        ]}
-    proc = node.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
-    assert proc.returncode == 0, proc.stderr
-    eventually(lambda: (node.pod("web") or {}).get("status", {}).get("phase") == "Running", 90, "pod web Running")
-    port = node.get("-n", NAMESPACE, "service", "web")["spec"]["ports"][0]["nodePort"]
-
-    def fetch():
-        try:
-            import urllib.request
-
-            with urllib.request.urlopen(f"http://{node.machine.ip}:{port}/", timeout=2) as resp:
-                return resp.read().decode()
-        except OSError:
-            return None
-
-    assert eventually(fetch, 60, "the NodePort answering").strip() == "hello from web"
+    web_answers_on_its_node_port(node)
 
 
 def test_the_journal_has_the_pods_lines_with_structured_fields(node):

@@ -4,11 +4,14 @@ every package the roles install."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from localcluster import machine, settings
+from localcluster import machine, settings, upstream_node
 
 ROLES = Path(__file__).resolve().parents[2] / "ansible" / "roles"
 
@@ -32,7 +35,41 @@ def test_inventory_reaches_the_machine_over_ssh(tmp_path):
 
 def test_the_offline_repository_has_every_package_the_roles_install():
     wanted = set(yaml.safe_load((ROLES / "containerd/defaults/main.yml").read_text())["containerd_packages"])
-    for task in yaml.safe_load((ROLES / "pynode/tasks/main.yml").read_text()):
-        if "ansible.builtin.apt" in task:
-            wanted |= set(task["ansible.builtin.apt"]["name"])
+    wanted |= _apt_packages(yaml.safe_load((ROLES / "pynode/tasks/main.yml").read_text()))
     assert wanted <= set(machine.ROLE_PACKAGES), sorted(wanted - set(machine.ROLE_PACKAGES))
+
+
+def _apt_packages(tasks: list[dict]) -> set[str]:
+    """Every package an apt task names, blocks included."""
+    found = set()
+    for task in tasks:
+        found |= _apt_packages(task.get("block", []))
+        if "ansible.builtin.apt" in task:
+            names = task["ansible.builtin.apt"]["name"]
+            found |= {names} if isinstance(names, str) else set(names)
+    return found
+
+
+def test_the_package_walk_reaches_into_the_roles_blocks():
+    """Both variants of the pynode role install their packages inside a block."""
+    tasks = yaml.safe_load((ROLES / "pynode/tasks/main.yml").read_text())
+    assert {"python3-venv", "ipset"} <= _apt_packages(tasks)
+
+
+def test_the_upstream_kubelets_shims_mount_a_file_over_each_key_it_insists_on():
+    lines = machine.upstream_kubelet_shims_unit().splitlines()
+    mounts = [line.split()[-2:] for line in lines if line.startswith("ExecStart=/bin/mount --bind ")]
+    assert {target for _, target in mounts} == {f"/proc/sys/{key}" for key in upstream_node.KERNEL_TUNABLES}
+    assert all(source == f"{machine.SHIMS_DIR}/{target[len('/proc/sys/'):].replace('/', '.')}"
+               for source, target in mounts)
+    assert "ExecStart=/bin/ln -sf /dev/console /dev/kmsg" in lines
+    assert "Before=sysinit.target kubelet.service" in lines  # in place before any kubelet starts
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing (Debian package systemd)")
+def test_the_upstream_kubelets_shims_unit_verifies(tmp_path):
+    unit = tmp_path / machine.SHIMS_UNIT_NAME
+    unit.write_text(machine.upstream_kubelet_shims_unit())
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
