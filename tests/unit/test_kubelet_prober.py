@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from pykubelet import handlers
 from pykubelet.handlers import ProbeOutcome, Result, run_probe
+from pykubelet.probes import prober as prober_module
 from pykubelet.probes.prober import ProbeWorker
 
 IP = "127.0.0.1"
@@ -440,6 +441,26 @@ async def until(condition, timeout: float = 3) -> None:
 
 async def running(w: ProbeWorker, started_at: float | None = None) -> asyncio.Task:
     return asyncio.create_task(w.run(time.monotonic() if started_at is None else started_at))
+
+
+def test_just_after_a_kubelet_start_the_first_probe_waits_a_random_part_of_a_period(monkeypatch):
+    """As upstream's worker: a restarted kubelet spreads its probes over a period instead of one burst."""
+    monkeypatch.setattr(prober_module.random, "random", lambda: 0.75)
+
+    async def first_probe_after(kubelet_started) -> float:
+        script = Script()
+        spec = {"exec": {"command": ["check"]}, "periodSeconds": 0.4}
+        w = ProbeWorker("readiness", spec, container=CONTAINER, pod_ip=lambda: IP, exec_fn=script,
+                        on_result=lambda *a: None, kubelet_started=kubelet_started)
+        began = time.monotonic()
+        task = await running(w)
+        await until(lambda: script.calls)
+        task.cancel()
+        return script.calls[0] - began
+
+    assert run(first_probe_after(time.monotonic())) >= 0.29  # 0.75 of a period
+    assert run(first_probe_after(time.monotonic() - 1)) < 0.2  # the kubelet started over a period ago
+    assert run(first_probe_after(None)) < 0.2
 
 
 def test_initial_results():

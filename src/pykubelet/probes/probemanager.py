@@ -95,7 +95,7 @@ class PodProbes:
                 worker = ProbeWorker(kind, probe, container=container, pod_ip=self._pod_ip(rt),
                                      exec_fn=self._exec_fn(record.id), on_result=self._on_result(name, started),
                                      started=started, clock=time.time, on_outcome=self._on_outcome(name),
-                                     on_probed=self._on_probed(name))
+                                     on_probed=self._on_probed(name), kubelet_started=KUBELET_START)
                 workers.append(worker)
                 tasks.append(asyncio.create_task(worker.run(record.started_at / 1e9 if record.started_at else 0),
                                                  name=f"probe-{kind}-{name}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -50,14 +51,19 @@ class ProbeWorker:
 
     Probe fields may be floats (tests use periods of a few hundredths of a second). `clock`
     is the clock of the `started_at` times given to `run` and `reset` (e.g. time.time for
-    a CRI startedAt), used only for initialDelaySeconds.
+    a CRI startedAt), used for initialDelaySeconds and `kubelet_started`.
+
+    `kubelet_started` (on `clock`): a worker that starts within one period of it first waits a
+    random part of a period, as upstream's does, so that a restarted kubelet does not run every
+    pod's probes at once (a burst in which exec probes time out and ready pods flap).
     """
 
     def __init__(self, kind: str, probe: dict, *, container: dict, pod_ip: Callable[[], str], exec_fn: ExecFn,
                  on_result: Callable[[str, Result, ProbeOutcome], Awaitable[None] | None],
                  started: asyncio.Event | None = None, clock: Callable[[], float] = time.monotonic,
                  on_outcome: Callable[[str, ProbeOutcome], None] | None = None,
-                 on_probed: Callable[[str, ProbeOutcome, float], None] | None = None):
+                 on_probed: Callable[[str, ProbeOutcome, float], None] | None = None,
+                 kubelet_started: float | None = None):
         if kind not in _INITIAL:
             raise ValueError(f"unknown probe kind {kind!r}")
         self.kind, self.probe, self.container = kind, probe, container
@@ -65,6 +71,7 @@ class ProbeWorker:
         self._on_outcome = on_outcome  # every finished probe (for Unhealthy events), not just result changes
         self._on_probed = on_probed  # every probe run, UNKNOWN too, with its seconds (for the prober metrics)
         self._started = started if kind != "startup" else None
+        self._kubelet_started = kubelet_started
         self.initial_delay = float(probe.get("initialDelaySeconds") or 0)
         self.period = float(probe.get("periodSeconds") or 10)
         self.success_threshold = float(probe.get("successThreshold") or 1)
@@ -95,6 +102,8 @@ class ProbeWorker:
         """Probe the container started at `started_at` until cancelled."""
         self._started_at = started_at
         loop = asyncio.get_running_loop()
+        if self._kubelet_started is not None and self._clock() - self._kubelet_started < self.period:
+            await asyncio.sleep(random.random() * self.period)
         while True:
             self._wake.clear()
             if self._hold:
