@@ -88,11 +88,9 @@ upstream: venv
 	$(PY) -m localcluster build
 
 # The pynode wheel and a wheelhouse of it with every dependency (systemd-python built here, once), for
-# installing on hosts with no compiler and no index: dist/pynode-*.whl and dist/wheelhouse/.
+# installing on hosts with no compiler and no index: dist/pynode-*.whl, dist/wheelhouse/ and dist/wheelhouse.tar.
 wheels: venv
-	rm -rf dist
-	$(PY) -m build --wheel --outdir dist .
-	$(PY) -m pip wheel -q --wheel-dir dist/wheelhouse "$$(ls dist/pynode-*.whl)[systemd]"
+	$(PY) -m localcluster wheels
 
 # Regenerate the committed CRI stubs from src/cri/api.proto.
 proto: venv

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import bootstrap, cluster, conformance, metrics_server, node_conformance, settings, vagrant
+from . import bootstrap, cluster, conformance, metrics_server, node_conformance, settings, vagrant, wheels
 from .procs import UpError
 
 
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     nconf.add_argument("--keep-machine", action="store_true",
                        help="leave the test machine running afterwards; the next run reuses it")
     nconf.add_argument("--destroy", action="store_true", help="only remove a test machine left running")
+    sub.add_parser("wheels", help="build dist/pynode-*.whl, dist/wheelhouse/ (it and every dependency) and "
+                   "dist/wheelhouse.tar, what the ansible pynode role installs from")
     vms = sub.add_parser("vagrant", help="pynode workers as VMs (vagrant/), joined to this cluster: up, destroy, "
                          "status, env (the PYNODE_* lines for running vagrant by hand), net-up, net-down")
     vms.add_argument("action", choices=("up", "destroy", "status", "env", "net-up", "net-down"))
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(bootstrap.join_command(config)))
         elif args.command == "build":
             cluster.build_upstream(config, args.programs)
+        elif args.command == "wheels":
+            print(wheels.wheelhouse(wheels.REPO / "dist"))
         elif args.command == "conformance":
             conformance.run(config, focus=args.focus, skip=args.skip, processes=args.procs, agents=args.agents)
         elif args.command == "node-conformance" and args.destroy:
