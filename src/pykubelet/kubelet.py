@@ -85,6 +85,7 @@ class Kubelet:
         self.name = nodestatus.node_name(config.hostname_override)
         self.ip = config.node_ip or nodestatus.default_node_ip()
         self.node: NodeManager | None = None
+        self.node_loop_started = False  # the node status loop runs (after registration): /healthz watches it
         self.metrics = metrics.KubeletMetrics(
             self.name, client_rotation=config.rotate_certificates,
             serving_bootstrap=config.enable_server and config.tls_cert_file is None and config.server_tls_bootstrap)
@@ -110,7 +111,7 @@ class Kubelet:
         return found
 
     def healthy(self) -> tuple[bool, str]:
-        if self.node is None:
+        if self.node is None or not self.node_loop_started:
             return True, ""  # still starting: bootstrap and registration may wait for the apiserver
         age = time.monotonic() - self.node.last_sync
         return (age < STALE_SYNC, f"node status loop has not run for {age:.0f}s")
@@ -244,7 +245,7 @@ class Kubelet:
         static = StaticPods(self.config.static_pod_path, self.name, node.uid or "", api,
                             self.config.file_check_frequency, update=workers.update_static,
                             remove=workers.remove_static)
-        workers.static = static
+        workers.static, self.static = static, static
         static.scan()  # before the orphan sweep, so that running static pods are known
         tasks = []
         if self.config.enable_server:
@@ -309,16 +310,21 @@ class Kubelet:
         systemd.notify(f"STATUS=Registering node {self.name}")
         api = Api(self.config.kubeconfig, observe=self.metrics.rest_request)
         self.node = NodeManager(self.config, api, runtime, self.name, self.ip)
+        # The pods start before the Node is registered, as upstream's: on a kubeadm control plane the apiserver
+        # to register with is one of this kubelet's static pods. Their mirror pods wait for the Node's uid.
+        tasks += self._start_pods(api, runtime)
         if self.config.register_node:
             await self.node.register()
+            self.static.node_registered(self.node.uid or "", self.workers.wake)
+        self.node.last_sync = time.monotonic()
         tasks.append(asyncio.create_task(self.node.run_status_loop(), name="node-status"))
+        self.node_loop_started = True
         if self.node.uid:
             lease = NodeLease(api, self.name, self.node.uid, self.config.node_lease_duration_seconds)
             tasks.append(asyncio.create_task(lease.run(), name="node-lease"))
         if self.config.rotate_certificates:
             tasks.append(asyncio.create_task(self._rotate_certificates(api), name="certificate-rotation"))
         tasks.append(asyncio.create_task(systemd.watchdog(lambda: self.healthy()[0]), name="watchdog"))
-        tasks += self._start_pods(api, runtime)
         systemd.notify("READY=1")
         log.info("Node registered; kubelet running", node=self.name)
         return api

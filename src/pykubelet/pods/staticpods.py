@@ -105,6 +105,12 @@ class StaticPods:
                 self.pods[uid] = pod
                 self.update(pod)
 
+    def node_registered(self, node_uid: str, wake: Callable[[str], None]) -> None:
+        """The Node exists now (uid `node_uid`): wake every static pod's worker to create its mirror pod."""
+        self.node_uid = node_uid
+        for uid in list(self.pods):
+            wake(uid)
+
     def mirror_of(self, pod: dict) -> dict:
         mirror = copy.deepcopy(pod)
         meta = mirror["metadata"]
@@ -118,6 +124,10 @@ class StaticPods:
     async def ensure_mirror(self, pod: dict, existing: dict | None) -> None:
         """Create the mirror pod, replacing one that mirrors an older version of the manifest."""
         meta = pod["metadata"]
+        if not self.node_uid:
+            # Not registered yet (the apiserver may be one of the static pods): a mirror's owner reference needs
+            # the Node's uid, so it is made once node_registered() wakes the pod; the pod runs meanwhile.
+            return
         path = f"/api/v1/namespaces/{meta['namespace']}/pods"
         if existing is not None:
             if (existing["metadata"].get("annotations") or {}).get(MIRROR) == meta["uid"]:
