@@ -11,7 +11,7 @@ APT_PACKAGES := containerd runc containernetworking-plugins etcd-server busybox-
 # script's disk tools.
 VAGRANT_APT_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients dnsmasq-base fdisk
 
-.PHONY: up down status test conformance node-test node-conformance deps venv upstream proto wheels clean \
+.PHONY: up down status test conformance node-test node-conformance kubeadm-control-plane deps venv upstream proto wheels clean \
 	vagrant-deps vagrant-box vagrant-up vagrant-destroy vagrant-test
 
 up: deps venv
@@ -42,6 +42,13 @@ node-test: deps venv upstream
 # "make node-conformance". NODE_CONFORMANCE_FOCUS / NODE_CONFORMANCE_SKIP narrow it.
 node-conformance: deps venv
 	$(PY) -m localcluster node-conformance $(if $(NODE_AGENTS),--agents=$(NODE_AGENTS))
+
+# `kubeadm init` in a systemd-nspawn machine whose kubelet runs the control plane's static pods (pykubelet, or the
+# upstream kubelet with NODE_AGENTS=upstream), checked from outside; needs the cluster's bridge (make up). README's
+# "A kubeadm control plane on pykubelet". KUBEADM_JOIN_WORKER=1 also joins a second machine to it.
+kubeadm-control-plane: deps venv upstream
+	$(PY) -m localcluster kubeadm-control-plane $(if $(NODE_AGENTS),--agents=$(NODE_AGENTS)) \
+		$(if $(KUBEADM_JOIN_WORKER),--join-worker)
 
 # pynode workers as VMs joined to the local cluster (vagrant/; the README's "Vagrant VMs"). VAGRANT_WORKERS,
 # VAGRANT_PROXY_MODE (iptables) and VAGRANT_AGENTS (pynode | upstream) choose.

@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from . import bootstrap, cluster, conformance, metrics_server, node_conformance, settings, vagrant, wheels
+from . import (bootstrap, cluster, conformance, kubeadm_control_plane, metrics_server, node_conformance, settings,
+               vagrant, wheels)
 from .procs import UpError
 
 
@@ -48,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     nconf.add_argument("--destroy", action="store_true", help="only remove a test machine left running")
     sub.add_parser("wheels", help="build dist/pynode-*.whl, dist/wheelhouse/ (it and every dependency) and "
                    "dist/wheelhouse.tar, what the ansible pynode role installs from")
+    kcp = sub.add_parser("kubeadm-control-plane", help="`kubeadm init` in a test machine whose kubelet (pykubelet, or "
+                         "the upstream kubelet with --agents upstream) runs the control plane's static pods; checks it "
+                         "from outside, then `kubeadm reset` and destroys the machine")
+    kcp.add_argument("--agents", choices=kubeadm_control_plane.AGENTS, default=os.environ.get("NODE_AGENTS") or "pynode")
+    kcp.add_argument("--keep", action="store_true", help="leave the machine running afterwards (remove it with --destroy)")
+    kcp.add_argument("--join-worker", action="store_true",
+                     help="also join a second machine to it with the playbook's kubeadm_join role")
+    kcp.add_argument("--destroy", action="store_true", help="only remove the machines a run left running")
     vms = sub.add_parser("vagrant", help="pynode workers as VMs (vagrant/), joined to this cluster: up, destroy, "
                          "status, env (the PYNODE_* lines for running vagrant by hand), net-up, net-down")
     vms.add_argument("action", choices=("up", "destroy", "status", "env", "net-up", "net-down"))
@@ -85,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "node-conformance":
             node_conformance.run(config, agents=args.agents, focus=args.focus, skip=args.skip, processes=args.procs,
                                  results=not args.no_results, keep=args.keep_machine)
+        elif args.command == "kubeadm-control-plane" and args.destroy:
+            kubeadm_control_plane.destroy(config)
+        elif args.command == "kubeadm-control-plane":
+            report = kubeadm_control_plane.run(config, agents=args.agents, keep=args.keep, join_worker=args.join_worker)
+            return 0 if report.passed else 1
         elif args.command == "vagrant":
             return vagrant.main(config, args.action, workers=args.workers, proxy_mode=args.proxy_mode,
                                 agents=args.agents)
