@@ -7,9 +7,11 @@ import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 import pykubelet.kubelet as kubelet_module
 from pykubelet.kubelet import Kubelet
-from pykubelet.pods.staticpods import StaticPods
+from pykubelet.pods.staticpods import MirrorPodError, StaticPods
 
 MANIFEST = """\
 apiVersion: v1
@@ -128,3 +130,33 @@ def test_healthz_is_good_while_registration_waits():
     kubelet.node_loop_started = True
     ok, why = kubelet.healthy()
     assert not ok and "node status loop" in why
+
+
+def test_a_refused_mirror_pod_is_raised_so_the_worker_retries_soon(tmp_path):
+    """Right after kubeadm init the apiserver answers before its system PriorityClasses exist; the mirror pod of a
+    static pod naming system-node-critical is refused then, and must be tried again, not left for a minute."""
+    static, http, added = static_pods(tmp_path, node_uid="node-uid-1")
+
+    async def refuse(path, content, headers):
+        return SimpleNamespace(status_code=403, text='no PriorityClass with name system-node-critical was found')
+
+    http.post = refuse
+    with pytest.raises(MirrorPodError, match="system-node-critical"):
+        asyncio.run(static.ensure_mirror(added[0], None))
+
+
+def test_a_static_pod_gets_its_environment_before_the_services_are_listed():
+    """Upstream's rule: an API pod waits for the first list of services (its service links), a static pod does
+    not (its apiserver may be one of the static pods)."""
+    from pykubelet.pods.kuberuntime import RuntimeManager
+    from pykubelet.pods.servicelinks import ServiceCache
+    from pykubelet.pods.envvars import ConfigProblem
+
+    manager = RuntimeManager.__new__(RuntimeManager)
+    manager.services = ServiceCache()
+    assert not manager.services.synced
+    static = {"metadata": {"namespace": "kube-system", "annotations": {"kubernetes.io/config.source": "file"}},
+              "spec": {}}
+    assert manager.service_env(static) == {}
+    with pytest.raises(ConfigProblem, match="services have not yet been read"):
+        manager.service_env({"metadata": {"namespace": "default"}, "spec": {}})

@@ -26,6 +26,7 @@ from .events import NORMAL, WARNING, Recorder
 from .podcgroups import PodCgroups
 from .podstate import CONTAINER_NAME, POD_UID, Container, PodRuntime
 from .podstatus import Facts, not_started_reason
+from .staticpods import is_static
 from .. import handlers
 from ..volumes import MountProblem, VolumeManager, pod_dir, subpaths
 
@@ -219,7 +220,9 @@ class RuntimeManager:
         """The service link variables the pod's containers get (servicelinks)."""
         if self.services is None:
             return {}
-        if not self.services.synced:
+        # As upstream, a static pod does not wait for the services (the apiserver may be one of its kind): it
+        # gets the links known so far, none before the first list.
+        if not self.services.synced and not is_static(pod):
             raise envvars.config_problem("services have not yet been read at least once, cannot construct envvars")
         enable = (pod.get("spec") or {}).get("enableServiceLinks") is not False
         return self.services.env(pod["metadata"].get("namespace", ""), enable)

@@ -20,7 +20,7 @@ from .events import WARNING, Recorder
 from .kuberuntime import RuntimeManager, grace_period, pod_ref
 from .pleg import Pleg
 from .podstate import POD_UID
-from .staticpods import HASH, StaticPods, is_mirror
+from .staticpods import HASH, MirrorPodError, StaticPods, is_mirror
 from .statusmanager import StatusManager
 
 log = logs.get(__name__)
@@ -103,6 +103,9 @@ class PodWorker:
             except CRIError as err:
                 log.warning("Pod sync failed; runtime unavailable", pod=pod_ref(self.pod), err=err)
                 done, delay = False, 5.0
+            except MirrorPodError as err:  # the static pod runs; only its face in the API is missing
+                log.warning("Mirror pod not created; retrying", pod=pod_ref(self.pod), err=str(err))
+                done, delay = False, 2.0
             except Exception as err:  # noqa: BLE001 - one pod's trouble must not stop the agent
                 log.error("Pod sync failed", pod=pod_ref(self.pod), err=repr(err))
                 done, delay = False, 10.0

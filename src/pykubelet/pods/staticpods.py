@@ -31,8 +31,17 @@ SOURCE = "kubernetes.io/config.source"
 SEEN = "kubernetes.io/config.seen"
 
 
+class MirrorPodError(Exception):
+    """The apiserver refused a mirror pod."""
+
+
 def is_mirror(pod: dict) -> bool:
     return MIRROR in (pod["metadata"].get("annotations") or {})
+
+
+def is_static(pod: dict) -> bool:
+    """A pod from a manifest file (not from the API)."""
+    return (pod["metadata"].get("annotations") or {}).get(SOURCE, "api") != "api"
 
 
 def load_manifest(path: Path, node_name: str) -> dict:
@@ -136,8 +145,10 @@ class StaticPods:
         response = await self.api.http.post(path, content=json.dumps(self.mirror_of(pod)),
                                             headers={"Content-Type": "application/json"})
         if response.status_code not in (201, 409):
-            log.error("Failed creating a mirror pod", pod=f"{meta['namespace']}/{meta['name']}",
-                      err=response.text[:300])
+            # Raised, so that the pod's worker tries again within seconds, not at its next resync: right after
+            # kubeadm init the apiserver answers before it has made the PriorityClass the control plane's pods name.
+            raise MirrorPodError(f"failed creating the mirror pod {meta['namespace']}/{meta['name']}: "
+                                 f"HTTP {response.status_code}: {response.text[:300]}")
 
     async def delete_mirror(self, pod: dict) -> None:
         """Delete a mirror pod at once: nothing runs behind it for the API to wait for."""
