@@ -120,3 +120,11 @@ def test_the_cli_takes_agents_keep_join_worker_and_destroy(monkeypatch):
     assert seen == {"destroyed": True}
     with pytest.raises(SystemExit):
         cli.main(["kubeadm-control-plane", "--agents", "kind"])
+
+
+def test_kubeadms_health_waits_are_read_from_its_output():
+    output = ("[kubelet-check] Waiting for a healthy kubelet at http://127.0.0.1:10248/healthz. This can take up to 4m0s\n"
+              "[kubelet-check] The kubelet is healthy after 1.3032ms\n"
+              "[control-plane-check] kube-apiserver is healthy after 2.003234655s\n")
+    assert kcp.health_waits(output) == {"kubeadm kubelet-check: kubelet healthy after": "1.3032ms",
+                                        "kubeadm control-plane-check: kube-apiserver healthy after": "2.003234655s"}
