@@ -15,7 +15,8 @@ One run:
    the names `kubeadm config images list` gives for the config, less CoreDNS and kube-proxy (add-ons skipped);
 2. creates and boots a test machine (localcluster/machine.py: index 70, 10.221.0.70, pods in 10.222.230.0/24),
    installs it with the ansible roles `containerd` (the images imported: kubeadm's preflight ImagePull then finds
-   them present) and `pynode` (pynode_agents: upstream for the upstream kubelet), and adds the machine's default
+   them present) and `pynode` (for `--agents upstream`, the upstream kubelet then replaces /usr/bin/kubelet, with
+   the shims it needs in a machine; see _prepare), and adds the machine's default
    route `default dev eth0` (kube-apiserver picks its address from it; with no gateway it leads nowhere off the
    cluster network);
 3. runs `kubeadm init --config` with the config of `kubeadm_config()` (timed), copies admin.conf out, and checks
@@ -279,12 +280,25 @@ def _prepare(cluster: Cluster, m: machine.Machine, agents: str) -> None:
         shutil.copy2(cluster.bin / program, m.root / "usr/bin" / program)
     m.ssh("ip", "route", "replace", "default", "dev", "eth0")
     if agents == "upstream":
+        _upstream_kubelet(cluster, m)
         # TODO(machine.py): the host sysctl files and /dev/kmsg shims are moving into machine.Machine as an option
         # (so that they survive a reboot); use that once it lands on main instead of node_conformance's helper.
         from . import node_conformance
 
         node_conformance._fake_kernel_tunables(m)
         m.ssh("sh", "-c", "test -e /dev/kmsg || ln -s /dev/console /dev/kmsg")
+
+
+def _upstream_kubelet(cluster: Cluster, m: machine.Machine) -> None:
+    """The upstream kubelet at /usr/bin/kubelet in place of the link to pykubelet, under the same units.
+
+    What the pynode role does with pynode_agents: upstream, for the kubelet alone: that role variant also installs
+    ipset (for the upstream kube-proxy's IPVS mode), which the test machine's local package repository
+    (machine.ROLE_PACKAGES) does not offer, and no kube-proxy runs here."""
+    target = m.root / "usr/bin/kubelet"
+    target.unlink(missing_ok=True)  # a symlink to /opt/pynode/bin/pykubelet: replace it, do not write through it
+    shutil.copy2(cluster.bin / "kubelet", target)
+    m.ssh("systemctl", "daemon-reload")
 
 
 def _journal(m: machine.Machine, out: Path, unit: str = "kubelet") -> None:
@@ -366,8 +380,8 @@ def _run(cluster: Cluster, agents: str, out: Path, report: Report, cp: machine.M
     inventory = out / "hosts.yml"
     inventory.write_text(yaml.safe_dump(cp.inventory({
         "pynode_wheelhouse": str(wheels), "containerd_image_archives": archives,
-        "containerd_restrict_oom_score_adj": True, "pynode_agents": agents})))
-    log(f"{cp.name} booted in {boot:.0f}s; installing containerd, pynode ({agents}) and {len(archives)} images")
+        "containerd_restrict_oom_score_adj": True})))
+    log(f"{cp.name} booted in {boot:.0f}s; installing containerd, pynode and {len(archives)} images")
     _ansible(out, "control-plane", inventory, ["containerd", "pynode"])
     _prepare(cluster, cp, agents)
     report.figures["machine created, booted and installed"] = f"{time.monotonic() - started:.0f} s"
@@ -463,7 +477,7 @@ def _join_worker(cluster: Cluster, agents: str, out: Path, report: Report, cp: m
     inventory.write_text(yaml.safe_dump(worker.inventory({
         "pynode_wheelhouse": str(wheels),
         "containerd_image_archives": [str(images.build(images.pause_image(cluster), cluster.images))],
-        "containerd_restrict_oom_score_adj": True, "pynode_agents": agents,
+        "containerd_restrict_oom_score_adj": True,
         "kubeadm_join_kubeadm_binary": str(cluster.bin / "kubeadm"),
         "kubeadm_join_endpoint": f"{cp.ip}:6443", "kubeadm_join_token": token,
         "kubeadm_join_ca_cert_hash": ca_hash,
@@ -471,10 +485,12 @@ def _join_worker(cluster: Cluster, agents: str, out: Path, report: Report, cp: m
         "kubeadm_join_cluster_cidr": POD_SUBNET,
         # No kube-proxy: the inner cluster's kubeadm-config disables it, and nothing here needs services.
         "kubeadm_join_kube_proxy": False})))
-    if agents == "upstream":
-        _prepare(cluster, worker, agents)
     try:
-        _ansible(out, "worker", inventory, ["containerd", "pynode", "kubeadm_join"])
+        # Installed, then prepared as the control plane's machine (its kubelet swapped for --agents upstream),
+        # then joined.
+        _ansible(out, "worker-install", inventory, ["containerd", "pynode"])
+        _prepare(cluster, worker, agents)
+        _ansible(out, "worker-join", inventory, ["kubeadm_join"])
         ok, detail = True, ""
     except UpError as err:
         ok, detail = False, str(err)
