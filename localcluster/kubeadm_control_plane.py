@@ -16,9 +16,8 @@ One run:
 2. creates and boots a test machine (localcluster/machine.py: index 70, 10.221.0.70, pods in 10.222.230.0/24),
    installs it with the ansible roles `containerd` (the images imported: kubeadm's preflight ImagePull then finds
    them present) and `pynode` (for `--agents upstream`, the upstream kubelet then replaces /usr/bin/kubelet, with
-   the shims it needs in a machine; see _prepare), and adds the machine's default
-   route `default dev eth0` (kube-apiserver picks its address from it; with no gateway it leads nowhere off the
-   cluster network);
+   the shims it needs in a machine; see _prepare), and adds the machine's default route `default dev eth0`
+   (kube-apiserver picks its address from it; with no gateway it leads nowhere off the cluster network);
 3. runs `kubeadm init --config` with the config of `kubeadm_config()` (timed), copies admin.conf out, and checks
    from outside with kubectl: the four static pods Running and Ready as mirror pods, the Node Ready with
    kubeletVersion the pinned version, the apiserver's /readyz; then that a static pod's container killed with
