@@ -15,8 +15,8 @@ One run:
    the names `kubeadm config images list` gives for the config, less CoreDNS and kube-proxy (add-ons skipped);
 2. creates and boots a test machine (localcluster/machine.py: index 70, 10.221.0.70, pods in 10.222.230.0/24),
    installs it with the ansible roles `containerd` (the images imported: kubeadm's preflight ImagePull then finds
-   them present) and `pynode` (for `--agents upstream`, the upstream kubelet then replaces /usr/bin/kubelet, with
-   the shims it needs in a machine; see _prepare), and adds the machine's default route `default dev eth0`
+   them present) and `pynode` (for `--agents upstream` its `pynode_agents: upstream` variant, on a machine made
+   with the shims the upstream kubelet needs there: machine.py), and adds the machine's default route `default dev eth0`
    (kube-apiserver picks its address from it; with no gateway it leads nowhere off the cluster network);
 3. runs `kubeadm init --config` with the config of `kubeadm_config()` (timed), copies admin.conf out, and checks
    from outside with kubectl: the four static pods Running and Ready as mirror pods, the Node Ready with
@@ -36,7 +36,6 @@ kubeadm's DaemonSet, and CoreDNS is not what is measured here.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -182,24 +181,6 @@ def results_dir(cluster: Cluster) -> Path:
     return cluster.state.with_name(cluster.state.name + "-kubeadm-control-plane")
 
 
-def playbook(roles: list[str]) -> str:
-    return yaml.safe_dump([{"name": "A kubeadm machine", "hosts": "nodes", "become": True,
-                            "roles": [{"role": role} for role in roles]}], sort_keys=False)
-
-
-def _ansible(out: Path, name: str, inventory: Path, roles: list[str]) -> None:
-    bin_dir = Path(sys.executable).parent
-    (out / f"{name}.yml").write_text(playbook(roles))
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
-           "PYTHONWARNINGS": "ignore", "ANSIBLE_HOST_KEY_CHECKING": "False",
-           "ANSIBLE_ROLES_PATH": str(REPO / "ansible" / "roles")}
-    with open(out / f"{name}.log", "w") as output:
-        proc = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), str(out / f"{name}.yml")],
-                              stdout=output, stderr=subprocess.STDOUT, env=env, timeout=1800)
-    if proc.returncode != 0:
-        raise UpError(f"kubeadm-control-plane: the playbook {name} failed; see {out / f'{name}.log'}")
-
-
 class Inner:
     """The inner cluster as seen from this host: kubectl with the admin.conf copied out of the machine."""
 
@@ -273,31 +254,19 @@ def _all_ready(inner: Inner, name: str) -> dict[str, dict] | None:
     return None
 
 
-def _prepare(cluster: Cluster, m: machine.Machine, agents: str) -> None:
-    """kubeadm (and kubectl) in the machine, its default route, and what the upstream kubelet needs there."""
+def _prepare(cluster: Cluster, m: machine.Machine) -> None:
+    """kubeadm (and kubectl) in the machine, and its default route."""
     for program in ("kubeadm", "kubectl"):
         shutil.copy2(cluster.bin / program, m.root / "usr/bin" / program)
     m.ssh("ip", "route", "replace", "default", "dev", "eth0")
+
+
+def agents_vars(cluster: Cluster, agents: str, wheels: Path | None) -> dict:
+    """The pynode role's variables for `agents`: pykubelet from the wheelhouse, or the upstream kubelet (and
+    kube-proxy, unused here) from the cache, under the same units."""
     if agents == "upstream":
-        _upstream_kubelet(cluster, m)
-        # TODO(machine.py): the host sysctl files and /dev/kmsg shims are moving into machine.Machine as an option
-        # (so that they survive a reboot); use that once it lands on main instead of node_conformance's helper.
-        from . import node_conformance
-
-        node_conformance._fake_kernel_tunables(m)
-        m.ssh("sh", "-c", "test -e /dev/kmsg || ln -s /dev/console /dev/kmsg")
-
-
-def _upstream_kubelet(cluster: Cluster, m: machine.Machine) -> None:
-    """The upstream kubelet at /usr/bin/kubelet in place of the link to pykubelet, under the same units.
-
-    What the pynode role does with pynode_agents: upstream, for the kubelet alone: that role variant also installs
-    ipset (for the upstream kube-proxy's IPVS mode), which the test machine's local package repository
-    (machine.ROLE_PACKAGES) does not offer, and no kube-proxy runs here."""
-    target = m.root / "usr/bin/kubelet"
-    target.unlink(missing_ok=True)  # a symlink to /opt/pynode/bin/pykubelet: replace it, do not write through it
-    shutil.copy2(cluster.bin / "kubelet", target)
-    m.ssh("systemctl", "daemon-reload")
+        return {"pynode_agents": "upstream", "pynode_upstream_bin": str(cluster.bin)}
+    return {"pynode_wheelhouse": str(wheels)}
 
 
 def _journal(m: machine.Machine, out: Path, unit: str = "kubelet") -> None:
@@ -305,22 +274,16 @@ def _journal(m: machine.Machine, out: Path, unit: str = "kubelet") -> None:
     (out / f"{m.name}-{unit}.log").write_text(proc.stdout)
 
 
-def machines(cluster: Cluster) -> tuple[machine.Machine, machine.Machine]:
-    """The control plane's machine and the worker's."""
-    return (machine.Machine(cluster, index=CONTROL_PLANE[0], pod_subnet=CONTROL_PLANE[1]),
-            machine.Machine(cluster, index=WORKER[0], pod_subnet=WORKER[1]))
+def machines(cluster: Cluster, agents: str = "pynode") -> tuple[machine.Machine, machine.Machine]:
+    """The control plane's machine and the worker's (with the upstream kubelet's shims for `agents` upstream)."""
+    upstream = agents == "upstream"
+    return (machine.Machine(cluster, index=CONTROL_PLANE[0], pod_subnet=CONTROL_PLANE[1], upstream_kubelet=upstream),
+            machine.Machine(cluster, index=WORKER[0], pod_subnet=WORKER[1], upstream_kubelet=upstream))
 
 
 def destroy(cluster: Cluster) -> None:
-    """Remove the machines a run left running (--keep). Each is powered off from inside first: Machine.destroy()
-    without the process that booted it SIGKILLs systemd-nspawn and removes the tree at once, and journald, still
-    dying, can write into it meanwhile ("Directory not empty")."""
+    """Remove the machines a run left running (--keep)."""
     for m in machines(cluster):
-        if m._nspawn_pids():
-            m.ssh("systemctl", "poweroff", check=False, timeout=30)
-            deadline = time.monotonic() + 60
-            while m._nspawn_pids() and time.monotonic() < deadline:
-                time.sleep(0.5)
         m.destroy()
 
 
@@ -338,7 +301,7 @@ def run(cluster: Cluster, agents: str = "pynode", keep: bool = False, join_worke
                                   ("" if agents == "pynode" else f"-{agents}"))
     out.mkdir(parents=True)
     report = Report(agents)
-    cp, worker = machines(cluster)
+    cp, worker = machines(cluster, agents)
     try:
         _run(cluster, agents, out, report, cp, worker, join_worker)
     finally:
@@ -372,17 +335,17 @@ def _run(cluster: Cluster, agents: str, out: Path, report: Report, cp: machine.M
     if missing:
         raise UpError(f"kubeadm-control-plane: kubeadm wants images not built here: {', '.join(missing)}")
     archives = sorted({made[name] for name in wanted})
-    wheels = wheelhouse(out / "dist")
+    wheels = wheelhouse(out / "dist") if agents == "pynode" else None
     started = time.monotonic()
     cp.create()
     boot = cp.boot()
     inventory = out / "hosts.yml"
     inventory.write_text(yaml.safe_dump(cp.inventory({
-        "pynode_wheelhouse": str(wheels), "containerd_image_archives": archives,
+        **agents_vars(cluster, agents, wheels), "containerd_image_archives": archives,
         "containerd_restrict_oom_score_adj": True})))
     log(f"{cp.name} booted in {boot:.0f}s; installing containerd, pynode and {len(archives)} images")
-    _ansible(out, "control-plane", inventory, ["containerd", "pynode"])
-    _prepare(cluster, cp, agents)
+    machine.apply_roles(["containerd", "pynode"], inventory, out, "control-plane")
+    _prepare(cluster, cp)
     report.figures["machine created, booted and installed"] = f"{time.monotonic() - started:.0f} s"
     (cp.root / CONFIG_PATH.lstrip("/")).write_text(config)
 
@@ -465,7 +428,7 @@ def _run(cluster: Cluster, agents: str, out: Path, report: Report, cp: machine.M
 
 
 def _join_worker(cluster: Cluster, agents: str, out: Path, report: Report, cp: machine.Machine,
-                 worker: machine.Machine, inner: Inner, wheels: Path) -> None:
+                 worker: machine.Machine, inner: Inner, wheels: Path | None) -> None:
     """A second machine joined with the playbook's kubeadm_join role, as test_node_install joins the local one."""
     line = cp.ssh("kubeadm", "token", "create", "--print-join-command").stdout.split()
     token, ca_hash = line[line.index("--token") + 1], line[line.index("--discovery-token-ca-cert-hash") + 1]
@@ -474,7 +437,7 @@ def _join_worker(cluster: Cluster, agents: str, out: Path, report: Report, cp: m
     worker.boot()
     inventory = out / "worker-hosts.yml"
     inventory.write_text(yaml.safe_dump(worker.inventory({
-        "pynode_wheelhouse": str(wheels),
+        **agents_vars(cluster, agents, wheels),
         "containerd_image_archives": [str(images.build(images.pause_image(cluster), cluster.images))],
         "containerd_restrict_oom_score_adj": True,
         "kubeadm_join_kubeadm_binary": str(cluster.bin / "kubeadm"),
@@ -485,11 +448,7 @@ def _join_worker(cluster: Cluster, agents: str, out: Path, report: Report, cp: m
         # No kube-proxy: the inner cluster's kubeadm-config disables it, and nothing here needs services.
         "kubeadm_join_kube_proxy": False})))
     try:
-        # Installed, then prepared as the control plane's machine (its kubelet swapped for --agents upstream),
-        # then joined.
-        _ansible(out, "worker-install", inventory, ["containerd", "pynode"])
-        _prepare(cluster, worker, agents)
-        _ansible(out, "worker-join", inventory, ["kubeadm_join"])
+        machine.apply_roles(["containerd", "pynode", "kubeadm_join"], inventory, out, "worker")
         ok, detail = True, ""
     except UpError as err:
         ok, detail = False, str(err)

@@ -39,13 +39,16 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from .procs import UpError, run_checked
-from .upstream_node import KERNEL_TUNABLES
 from .settings import Cluster
+from .upstream_node import KERNEL_TUNABLES
 
 RELEASE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
@@ -58,6 +61,7 @@ ROLE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables"
                  "ipset",  # for the upstream kube-proxy (pynode_agents=upstream)
                  "python3-packaging", "python3-apt")  # ansible's apt and pip modules need them
 MACHINES_DIR = Path(os.environ.get("PYNODE_MACHINES", "/var/lib/pynode-machines"))
+REPO = Path(__file__).resolve().parents[1]
 
 CGROUPS_UNIT = """\
 [Unit]
@@ -159,6 +163,27 @@ def package_repository(cluster: Cluster) -> Path:
     (tmp / "Packages").write_text(packages)
     tmp.rename(repo)
     return repo
+
+
+def playbook(roles: list[str], name: str = "A test machine") -> str:
+    """A playbook that applies the repository's ansible roles `roles`, in order, to the inventory's `nodes`."""
+    return yaml.safe_dump([{"name": name, "hosts": "nodes", "become": True,
+                            "roles": [{"role": role} for role in roles]}], sort_keys=False)
+
+
+def apply_roles(roles: list[str], inventory: Path, out: Path, name: str) -> None:
+    """Run `roles` against the hosts of `inventory`: the playbook goes to out/<name>.yml and ansible's output to
+    out/<name>.log, which an UpError names if the run fails."""
+    bin_dir = Path(sys.executable).parent
+    (out / f"{name}.yml").write_text(playbook(roles))
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
+           "PYTHONWARNINGS": "ignore", "ANSIBLE_HOST_KEY_CHECKING": "False",
+           "ANSIBLE_ROLES_PATH": str(REPO / "ansible" / "roles")}
+    with open(out / f"{name}.log", "w") as output:
+        proc = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), str(out / f"{name}.yml")],
+                              stdout=output, stderr=subprocess.STDOUT, env=env, timeout=1800)
+    if proc.returncode != 0:
+        raise UpError(f"machine: the playbook {name} ({', '.join(roles)}) failed; see {out / f'{name}.log'}")
 
 
 def ssh_key(cluster: Cluster) -> Path:
@@ -312,6 +337,16 @@ class Machine:
                 self.poweroff(timeout=60)
             except UpError as err:
                 log(str(err))
+        elif self._nspawn_pids():
+            # Booted by another process (a run that kept it): powered off from inside too, since a SIGKILLed
+            # systemd-nspawn leaves journald, still dying, writing into the tree being removed.
+            try:
+                self.ssh("systemctl", "poweroff", check=False, timeout=30)
+            except subprocess.TimeoutExpired:
+                log(f"machine {self.name}: no answer to poweroff over ssh; killing it")
+            deadline = time.monotonic() + 60
+            while self._nspawn_pids() and time.monotonic() < deadline:
+                time.sleep(0.5)
         for pid in self._nspawn_pids():
             os.kill(pid, signal.SIGKILL)
         self._ip("route", "delete", self.pod_subnet, "via", self.ip, check=False)

@@ -78,6 +78,7 @@ WORK_DIR = "/var/lib/node-conformance"  # the suite's working directory (kubecon
 REPORT_DIR = f"{WORK_DIR}/report"
 RUNTIME_ENDPOINT = "unix:///run/containerd/containerd.sock"
 PYKUBELET = "/opt/pynode/bin/pykubelet"
+ROLES = ["containerd", "pynode"]  # not kubeadm_join: the suite brings its own apiserver
 
 
 def log(msg: str) -> None:
@@ -125,12 +126,6 @@ def results_file(agents: str, day: str | None = None) -> Path:
     return REPO / "bench" / "results" / f"node-conformance-{day}-{agents}.md"
 
 
-def playbook() -> str:
-    """containerd and pynode, not kubeadm_join: the suite brings its own apiserver."""
-    return yaml.safe_dump([{"name": "A machine for the node conformance test", "hosts": "nodes", "become": True,
-                            "roles": [{"role": "containerd"}, {"role": "pynode"}]}], sort_keys=False)
-
-
 def image_archives(cluster: Cluster) -> list[str]:
     """The e2e images there is a recipe for (localcluster/testimages.py), built as OCI archives (cached)."""
     return sorted({str(images.build(make(cluster), cluster.images)) for make in testimages.BUILDERS.values()})
@@ -160,19 +155,6 @@ def _reinstall_pynode(m: machine.Machine, dist: Path) -> None:
 def destroy(cluster: Cluster) -> None:
     for agents in AGENTS:
         the_machine(cluster, agents).destroy()
-
-
-def _ansible(out: Path, inventory: Path) -> None:
-    bin_dir = Path(sys.executable).parent
-    (out / "machine.yml").write_text(playbook())
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
-           "PYTHONWARNINGS": "ignore", "ANSIBLE_HOST_KEY_CHECKING": "False",
-           "ANSIBLE_ROLES_PATH": str(REPO / "ansible" / "roles")}
-    with open(out / "ansible.log", "w") as output:
-        proc = subprocess.run([str(bin_dir / "ansible-playbook"), "-i", str(inventory), str(out / "machine.yml")],
-                              stdout=output, stderr=subprocess.STDOUT, env=env, timeout=1800)
-    if proc.returncode != 0:
-        raise UpError(f"node-conformance: installing the machine failed; see {out / 'ansible.log'}")
 
 
 def _install_suite(cluster: Cluster, m: machine.Machine, agents: str) -> None:
@@ -235,7 +217,7 @@ def run(cluster: Cluster, agents: str = "pynode", focus: str = DEFAULT_FOCUS, sk
                 "pynode_wheelhouse": str(wheels), "containerd_image_archives": archives,
                 "containerd_restrict_oom_score_adj": True})))
             log(f"machine {m.name} booted; installing containerd, pynode and {len(archives)} image archives")
-            _ansible(out, inventory)
+            machine.apply_roles(ROLES, inventory, out, "machine")
         _install_suite(cluster, m, agents)
         log(f"machine ready in {time.monotonic() - started:.0f}s")
         skip_all = skip_regex(skip)

@@ -6,6 +6,7 @@ import re
 
 import yaml
 
+from localcluster import machine
 from localcluster import node_conformance as nc
 
 
@@ -57,7 +58,7 @@ def test_every_skip_has_a_reason_in_the_docstring():
 
 
 def test_playbook_installs_containerd_and_pynode_without_joining():
-    (play,) = yaml.safe_load(nc.playbook())
+    (play,) = yaml.safe_load(machine.playbook(nc.ROLES))
     assert play["hosts"] == "nodes"
     assert [r["role"] for r in play["roles"]] == ["containerd", "pynode"]
 
