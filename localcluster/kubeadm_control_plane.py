@@ -52,7 +52,6 @@ from .images import Entry, Image
 from .procs import UpError
 from .settings import UPSTREAM_DIR, Cluster
 
-REPO = Path(__file__).resolve().parents[1]
 AGENTS = ("pynode", "upstream")
 CONTROL_PLANE = (70, "10.222.230.0/24")  # (machine index, its pod subnet)
 WORKER = (71, "10.222.231.0/24")
@@ -106,12 +105,6 @@ def kubeadm_config(*, node_name: str, node_ip: str, version: str, agents: str = 
     if agents == "upstream":
         kubelet["failCgroupV1"] = False  # the host runs cgroup v1, which kubelet 1.35+ refuses by default
     return yaml.safe_dump_all([init, cluster, kubelet], sort_keys=False)
-
-
-def image_names(version: str, etcd_tag: str, pause_tag: str) -> list[str]:
-    """The images kubeadm's static pods and the sandbox need, as `kubeadm config images list` names them."""
-    return sorted([f"registry.k8s.io/{name}:{version}" for name in COMPONENTS]
-                  + [f"registry.k8s.io/etcd:{etcd_tag}", f"registry.k8s.io/pause:{pause_tag}"])
 
 
 def component_image(cluster: Cluster, name: str) -> Image:
