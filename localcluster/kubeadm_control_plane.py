@@ -53,8 +53,8 @@ from .procs import UpError
 from .settings import UPSTREAM_DIR, Cluster
 
 AGENTS = ("pynode", "upstream")
-CONTROL_PLANE = (70, "10.222.230.0/24")  # (machine index, its pod subnet)
-WORKER = (71, "10.222.231.0/24")
+CONTROL_PLANE = machine.PLAN["kubeadm-control-plane"]  # (machine index, its pod subnet)
+WORKER = machine.PLAN["kubeadm-worker"]
 # The inner cluster's ranges: pods inside the local cluster's 10.222.0.0/16 (the controller-manager hands each
 # node a /24 of it: the control plane's first, 10.222.230.0/24, then the worker's, matching each machine's CNI
 # subnet), services inside 10.223.0.0/16, which the host holds unreachable.

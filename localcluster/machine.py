@@ -8,6 +8,10 @@ veth into the cluster's bridge, like a local node, and has no route anywhere els
       |-- veth pynm<n>-host <-> eth0 in netns pynode-m<n> (10.221.0.<n>/24), systemd-nspawn's machine
     host route: the machine's pod subnet via the machine's address (added at boot, removed at destroy)
 
+Which machine gets which address and pod subnet is PLAN's: apart from each other, from the local nodes (.11 up)
+and from the Vagrant VMs (localcluster/vagrant.py: .60 to .69, pods in 10.222.241.0/24 to 10.222.247.0/24), so
+that every kind of machine can run beside the others.
+
 With no way to Debian's mirror from inside, the machine's apt reads a local repository of the packages
 the roles install (downloaded once on the host, cached, bind-mounted read-only at /srv/pynode-debs).
 
@@ -62,6 +66,15 @@ ROLE_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables"
                  "python3-packaging", "python3-apt")  # ansible's apt and pip modules need them
 MACHINES_DIR = Path(os.environ.get("PYNODE_MACHINES", "/var/lib/pynode-machines"))
 REPO = Path(__file__).resolve().parents[1]
+# Each test machine's (index: its address 10.221.0.<index>, pod subnet), by what makes it.
+PLAN = {
+    "node-test": (50, "10.222.250.0/24"),
+    "node-test-upstream": (51, "10.222.251.0/24"),
+    "node-conformance": (56, "10.222.236.0/24"),
+    "node-conformance-upstream": (57, "10.222.237.0/24"),
+    "kubeadm-control-plane": (70, "10.222.230.0/24"),
+    "kubeadm-worker": (71, "10.222.231.0/24"),
+}
 
 CGROUPS_UNIT = """\
 [Unit]
@@ -199,8 +212,8 @@ class Machine:
     """One test machine: `index` picks its address (10.221.0.<index>) and names."""
 
     cluster: Cluster
-    index: int = 50
-    pod_subnet: str = "10.222.250.0/24"
+    index: int = PLAN["node-test"][0]
+    pod_subnet: str = PLAN["node-test"][1]
     upstream_kubelet: bool = False  # add the shims the upstream kubelet needs (see the module's docstring)
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ its specs against that node with pods bound to it by name.
 
 A kubelet owns the machine it runs on, so the suite runs inside a test machine (localcluster/machine.py:
 Debian 12 under systemd-nspawn with systemd as PID 1, its own network namespace on the cluster bridge
-pynode0; index 60, pods in 10.222.240.0/24, for pykubelet and 61, 10.222.241.0/24, for the upstream kubelet, so
+pynode0; index 56, pods in 10.222.236.0/24, for pykubelet and 57, 10.222.237.0/24, for the upstream kubelet, so
 the two runs can go side by side), not on this host. One run:
 
 1. builds e2e_node.test from the pinned modules (upstream/conformance/build.sh e2e_node.test), and the
@@ -62,7 +62,7 @@ from .settings import Cluster
 REPO = Path(__file__).resolve().parents[1]
 AGENTS = ("pynode", "upstream")
 # One machine per agent, so both runs can go side by side: (index, pod subnet).
-MACHINES = {"pynode": (60, "10.222.240.0/24"), "upstream": (61, "10.222.241.0/24")}
+MACHINES = {"pynode": machine.PLAN["node-conformance"], "upstream": machine.PLAN["node-conformance-upstream"]}
 DEFAULT_FOCUS = r"\[NodeConformance\]"
 # What upstream's `make test-e2e-node` skips by default (hack/make-rules/test-e2e-node.sh).
 UPSTREAM_SKIP = r"\[Flaky\]|\[Slow\]|\[Serial\]"

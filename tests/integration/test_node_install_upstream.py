@@ -2,7 +2,7 @@
 /usr/bin, under the same units, joined the same way, for the bare-to-Ready figure side by side with
 test_node_install.py's (both in machine.MACHINES_DIR/node-test.log) and to keep that variant of the roles working.
 
-The machine (index 51) is made with the shims the upstream kubelet needs under systemd-nspawn
+The machine (`pynode-m51`) is made with the shims the upstream kubelet needs under systemd-nspawn
 (localcluster/machine.py: the host-wide sysctls it insists on, shown as files, and a /dev/kmsg), and the kubelet
 gets `--fail-cgroupv1=false` (this host runs cgroup v1). The upstream kube-proxy is told to leave nf_conntrack_max
 alone: the key is host-wide, and it exits when it cannot set it (pyproxy does not set the conntrack sysctls).
@@ -24,7 +24,8 @@ NAMESPACE = "node-install-upstream"
 
 @pytest.fixture(scope="module")
 def node(cluster, tmp_path_factory):
-    m = machine.Machine(cluster, index=51, pod_subnet="10.222.251.0/24", upstream_kubelet=True)
+    index, pod_subnet = machine.PLAN["node-test-upstream"]
+    m = machine.Machine(cluster, index=index, pod_subnet=pod_subnet, upstream_kubelet=True)
     yield from installed(cluster, tmp_path_factory, m, NAMESPACE, agents="upstream", extra_vars={
         "pynode_kubelet_extra_args": ["--fail-cgroupv1=false"],
         "kubeadm_join_proxy_extra_config": {"conntrack": {"maxPerCore": 0, "min": 0}},

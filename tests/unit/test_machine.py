@@ -4,6 +4,7 @@ every package the roles install."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import shutil
 import subprocess
 from pathlib import Path
@@ -73,3 +74,24 @@ def test_the_upstream_kubelets_shims_unit_verifies(tmp_path):
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
                           timeout=60)
     assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
+
+
+def test_the_plan_keeps_every_machine_apart_from_the_others_the_local_nodes_and_the_vms():
+    from localcluster import kubeadm_control_plane, node_conformance, vagrant
+
+    cluster = settings.load()
+    indices = [index for index, _ in machine.PLAN.values()]
+    subnets = [ipaddress.ip_network(subnet) for _, subnet in machine.PLAN.values()]
+    assert len(set(indices)) == len(indices)
+    assert all(not a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1:])
+    vm_indices = set(range(vagrant.GATEWAY_INDEX, vagrant.FIRST_INDEX + vagrant.MAX_WORKERS + 2))  # .68/.69 too
+    vm_subnets = [ipaddress.ip_network(vagrant.worker_pod_subnet(i)) for i in range(1, vagrant.MAX_WORKERS + 1)]
+    node_indices = {ipaddress.ip_address(node.ip).packed[-1] for node in cluster.nodes}
+    node_subnets = [ipaddress.ip_network(node.pod_cidr) for node in cluster.nodes]
+    assert not vm_indices & set(indices) and not node_indices & set(indices)
+    assert not any(s.overlaps(o) for s in subnets for o in vm_subnets + node_subnets)
+    assert all(s.subnet_of(cluster.pod_cidr) for s in subnets)
+    # The users take theirs from the plan.
+    assert set(node_conformance.MACHINES.values()) <= set(machine.PLAN.values())
+    assert {kubeadm_control_plane.CONTROL_PLANE, kubeadm_control_plane.WORKER} <= set(machine.PLAN.values())
+    assert (machine.Machine(cluster).index, machine.Machine(cluster).pod_subnet) == machine.PLAN["node-test"]
