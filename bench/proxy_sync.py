@@ -580,7 +580,7 @@ class VMWorker:
         """ssh, the tools, the upstream kube-proxy copied in, IPv4 only, the worker's kube-proxy stopped and
         its state cleaned up."""
         self.ssh_config.write_text(vg.vagrant("ssh-config", self.host, env={
-            "PYNODE_WORKERS": str(vg.MAX_WORKERS)}).stdout)
+            "PYNODE_WORKERS": str(worker_index(self.host))}).stdout)
         subprocess.run(ssh_master_argv(self.ssh_config, self.host, self.control), stdin=subprocess.DEVNULL,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
         self.run("command -v ipvsadm >/dev/null && command -v ipset >/dev/null || "
