@@ -375,6 +375,7 @@ class LocalNetns:
 
     name = "this host"
     patience = 1.0  # how much longer than here a proxy may take to get somewhere
+    clock = (0.0, 0.0)  # the proxy's clock minus this host's, and its uncertainty (s): the same clock
 
     def __init__(self, cluster):
         self.cluster = cluster
@@ -440,11 +441,12 @@ def worker_index(name: str) -> int:
     return int(match.group(1))
 
 
-def ssh_argv(ssh_config: Path, host: str, script: str, control: Path) -> list[str]:
-    """ssh to `host` running `script` as root with sh, over the master connection at `control` if there is
-    one (a connection of its own otherwise)."""
+def ssh_argv(ssh_config: Path, host: str, script: str, control: Path, root: bool = True) -> list[str]:
+    """ssh to `host` running `script` with sh (as root unless not `root`), over the master connection at
+    `control` if there is one (a connection of its own otherwise)."""
     return ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", "-o", "ConnectTimeout=30",
-            "-o", "ControlMaster=no", "-o", f"ControlPath={control}", host, "sudo", "sh", "-c", shlex.quote(script)]
+            "-o", "ControlMaster=no", "-o", f"ControlPath={control}", host,
+            *(["sudo"] if root else []), "sh", "-c", shlex.quote(script)]
 
 
 def ssh_master_argv(ssh_config: Path, host: str, control: Path) -> list[str]:
@@ -563,10 +565,11 @@ class VMWorker:
         self.own_unit_stopped = False
         self.ipv6: dict[str, str] = {}
         self.offsets: list[str] = []
+        self.clock = (0.0, 0.0)
 
-    def run(self, script: str, check: bool = True, timeout: float = 300,
-            stdin: bytes | None = None) -> subprocess.CompletedProcess:
-        argv = ssh_argv(self.ssh_config, self.host, script, self.control)
+    def run(self, script: str, check: bool = True, timeout: float = 300, stdin: bytes | None = None,
+            root: bool = True) -> subprocess.CompletedProcess:
+        argv = ssh_argv(self.ssh_config, self.host, script, self.control, root)
         proc = subprocess.run(argv, input=stdin if stdin is not None else b"", capture_output=True,
                               timeout=timeout)
         result = subprocess.CompletedProcess(argv, proc.returncode, proc.stdout.decode(errors="replace"),
@@ -620,12 +623,14 @@ class VMWorker:
                             self.host], capture_output=True, timeout=30)
 
     def before(self, proxy: str) -> None:
+        """The worker's clock against this host's (no sudo: the shortest round trip), for the latencies."""
         samples = []
-        for _ in range(5):
+        for _ in range(8):
             t0 = time.time()
-            remote = float(self.run("date +%s.%N").stdout)
+            remote = float(self.run("date +%s.%N", root=False).stdout)
             samples.append((t0, remote, time.time()))
-        offset, error = clock_offset(samples)
+        self.clock = clock_offset(samples)
+        offset, error = self.clock
         self.offsets.append(f"{offset * 1000:+.0f} ms (±{error * 1000:.0f})")
         log(f"  {self.host}'s clock minus this host's: {self.offsets[-1]}")
 
@@ -825,6 +830,11 @@ def run_proxy(site: LocalNetns | VMWorker, client, proxy: str, mode: str, size: 
         for i in rng.sample(range(size), changes):
             measure_change(client, proc, url, run, i, rng, timeout=(60 + 0.02 * size) * patience)
             time.sleep(1.5)  # past min-sync-period (1 s), so the next change is not held back
+        offset, error = site.clock
+        if offset or error:
+            run.change_npl_s = [v - offset for v in run.change_npl_s]
+            run.notes.append(f"network programming latencies less the proxy's clock offset to this host's, "
+                             f"{offset * 1000:+.0f} ms (±{error * 1000:.0f}): the trigger time is this host's clock")
         log(f"  endpoint change: sync {statistics.median(run.change_sync_s) * 1000:.1f} ms, network programming "
             f"{statistics.median(run.change_npl_s):.3f} s (medians of {changes})")
         run.hwm_mib = proc.hwm_mib()

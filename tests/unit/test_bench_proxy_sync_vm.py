@@ -138,6 +138,8 @@ def test_ssh_hands_the_script_to_a_root_shell_as_one_word(tmp_path):
     assert "ControlMaster=no" in argv and f"ControlPath={tmp_path / 'ctl'}" in argv
     # ssh joins the remote words with spaces; the worker's shell splits them again
     assert shlex.split(" ".join(argv[host + 1:])) == ["sudo", "sh", "-c", script]
+    plain = ps.ssh_argv(tmp_path / "cfg", "pynode-w1", "date +%s.%N", tmp_path / "ctl", root=False)
+    assert shlex.split(" ".join(plain[plain.index("pynode-w1") + 1:])) == ["sh", "-c", "date +%s.%N"]
     master = ps.ssh_master_argv(tmp_path / "cfg", "pynode-w1", tmp_path / "ctl")
     assert "ControlMaster=yes" in master and master[-3:] == ["-N", "-f", "pynode-w1"]
 
