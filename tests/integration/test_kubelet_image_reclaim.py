@@ -46,8 +46,14 @@ def test_disk_pressure_is_relieved_by_a_finished_pods_containers_and_its_image_a
     victim = images.Image(names=[f"pynode.test/gc-victim:{tag}"], entries=[
         *images.busybox_entries(cluster), images.Entry("/victim", data=os.urandom(VICTIM_SIZE), mode=0o644)])
     images.import_archive(images.build(victim, tmp_path), node, pin=False)
-    before = runtime_images(node)
-    victim_ids = [i for i, (names, _) in before.items() if victim.names[0] in names]
+
+    def victim_listed():
+        """CRI learns of an image `ctr` imported from containerd's events, a moment after the import."""
+        listed = runtime_images(node)
+        ids = [i for i, (names, _) in listed.items() if victim.names[0] in names]
+        return (listed, ids) if ids else None
+
+    before, victim_ids = eventually(victim_listed, timeout=10, what="the imported image in CRI's list")
     assert len(victim_ids) == 1 and not before[victim_ids[0]][1]
     # An image with no name left (an older build of a re-imported name) cannot be pinned, nor pulled by name:
     # the collection may take it too.
