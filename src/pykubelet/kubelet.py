@@ -245,7 +245,7 @@ class Kubelet:
         static = StaticPods(self.config.static_pod_path, self.name, node.uid or "", api,
                             self.config.file_check_frequency, update=workers.update_static,
                             remove=workers.remove_static)
-        workers.static, self.static = static, static
+        workers.static = static
         static.scan()  # before the orphan sweep, so that running static pods are known
         tasks = []
         if self.config.enable_server:
@@ -315,7 +315,7 @@ class Kubelet:
         tasks += self._start_pods(api, runtime)
         if self.config.register_node:
             await self.node.register()
-            self.static.node_registered(self.node.uid or "", self.workers.wake)
+            self.workers.static.node_registered(self.node.uid or "", self.workers.wake)
         self.node.last_sync = time.monotonic()
         tasks.append(asyncio.create_task(self.node.run_status_loop(), name="node-status"))
         self.node_loop_started = True

@@ -103,7 +103,7 @@ def test_the_pods_start_before_registration_which_may_wait_for_a_static_apiserve
 
         def start_pods(api, runtime):
             order.append("pods-started")
-            kubelet.static, kubelet.workers = FakeStatic(), SimpleNamespace(wake=lambda uid: None)
+            kubelet.workers = SimpleNamespace(static=FakeStatic(), wake=lambda uid: None)
             up.set()  # the static apiserver comes up now that its pod runs
             return []
 
