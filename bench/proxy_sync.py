@@ -81,6 +81,7 @@ MODES = ("iptables", "nftables", "ipvs")
 HOST_MODES = ("iptables", "nftables")  # this host's kernel has no IP_VS
 VM_DIR = "/var/lib/pynode-bench-proxy"  # in the worker: configurations, logs, the upstream kube-proxy
 VM_PYPROXY = "/opt/pynode/bin/pyproxy"  # the ansible pynode role's install, from the tree's wheelhouse
+VM_PYTHON = "/opt/pynode/bin/python"  # that virtualenv's interpreter
 VM_OWN_PROXY = "/usr/bin/kube-proxy"  # the worker's kube-proxy unit's program (a link to pyproxy)
 VM_OWN_UNIT = "kube-proxy"
 VM_UNIT_PREFIX = "pynode-bench-"  # the transient units the proxies run in
@@ -652,13 +653,13 @@ class VMWorker:
 
     def pyproxy_digest(self) -> str:
         """A digest of the worker's installed pyproxy package (its .py files), as tree_digest makes."""
-        script = (f"cd \"$({VM_PYPROXY.replace('pyproxy', 'python')} -c "
+        script = (f"cd \"$({VM_PYTHON} -c "
                   "'import os, pyproxy; print(os.path.dirname(pyproxy.__file__))')\" && " + PACKAGE_SUMS)
         return hashlib.sha256(self.run(script).stdout.encode()).hexdigest()[:12]
 
     def facts(self) -> dict[str, str]:
         script = ("uname -r; nproc; awk '/MemTotal/ {print $2}' /proc/meminfo; ipvsadm --version; "
-                  "ipset --version; " + f"{VM_PYPROXY.replace('pyproxy', 'python')} --version; iptables -V")
+                  "ipset --version; " + f"{VM_PYTHON} --version; iptables -V")
         lines = (self.run(script, check=False).stdout.splitlines() + ["?"] * 7)[:7]
         kernel, cpus, mem_kib, ipvsadm, ipset, python, iptables = lines
         tree, installed = tree_digest(), self.pyproxy_digest()
